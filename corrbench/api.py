@@ -1,0 +1,395 @@
+"""The contracts between the core and plugins: Descriptor, Dataset, Pair, FeatureGrid, Preprocess.
+
+This module imports no torch at import time so that listing plugins stays fast; torch is imported
+where tensors are touched.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Iterator
+
+import numpy as np
+
+from .errors import DataError, DescriptorOutputError, MissingDataError, UsageError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+
+# --------------------------------------------------------------------------------------------
+# Geometry
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class FeatureGrid:
+    """Where the feature cells of an ``h × w`` map lie in the load-size image.
+
+    Cell ``(i, j)`` describes the point ``x = offset_x + j * stride_x``, ``y = offset_y + i * stride_y``
+    in pixel-index coordinates of the load-size image (pixel ``k`` covers ``[k - 0.5, k + 0.5]``).
+    """
+
+    stride_x: float
+    stride_y: float
+    offset_x: float
+    offset_y: float
+
+    @classmethod
+    def spanning(cls, load_hw: tuple[int, int], feat_hw: tuple[int, int]) -> "FeatureGrid":
+        """Cells tile the whole image (the default; bilinear ``align_corners=False`` semantics)."""
+        (H, W), (h, w) = load_hw, feat_hw
+        sx, sy = W / w, H / h
+        return cls(sx, sy, sx / 2 - 0.5, sy / 2 - 0.5)
+
+    @classmethod
+    def patches(cls, stride: float, patch: float) -> "FeatureGrid":
+        """Cell ``j`` is the centre of a ``patch``-pixel window starting at ``j * stride`` (ViTs, convs)."""
+        centre = (patch - 1) / 2
+        return cls(float(stride), float(stride), centre, centre)
+
+    def is_spanning(self, load_hw: tuple[int, int], feat_hw: tuple[int, int]) -> bool:
+        other = FeatureGrid.spanning(load_hw, feat_hw)
+        return all(math.isclose(a, b, abs_tol=1e-9) for a, b in zip(astuple_grid(self), astuple_grid(other)))
+
+    def as_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+def astuple_grid(g: FeatureGrid) -> tuple[float, float, float, float]:
+    return (g.stride_x, g.stride_y, g.offset_x, g.offset_y)
+
+
+RESIZE_POLICIES = ("square", "short_side", "long_side")
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """How an image becomes a descriptor input.
+
+    ``resize``: ``square`` stretches to ``load_size × load_size`` (the DHF paper protocol; aspect is not
+    kept); ``short_side`` scales the short side to ``load_size`` keeping aspect (dino-vit-features);
+    ``long_side`` scales the long side to ``load_size`` keeping aspect. ``mean``/``std`` normalise the
+    [0, 1] RGB input before ``extract`` when given.
+    """
+
+    load_size: int = 224
+    resize: str = "square"
+    resample: str = "bilinear"  # PIL filter: nearest, bilinear, bicubic, lanczos
+    mean: tuple[float, float, float] | None = None
+    std: tuple[float, float, float] | None = None
+
+    def __post_init__(self) -> None:
+        if self.resize not in RESIZE_POLICIES:
+            raise UsageError(f"resize policy {self.resize!r} is not one of {', '.join(RESIZE_POLICIES)}")
+        if int(self.load_size) < 1:
+            raise UsageError(f"load_size must be a positive integer, got {self.load_size!r}")
+
+    def load_hw(self, size_wh: tuple[int, int]) -> tuple[int, int]:
+        """Load-frame (H, W) for an original image of size (W, H)."""
+        W, H = size_wh
+        S = int(self.load_size)
+        if self.resize == "square":
+            return S, S
+        scale = S / (min(W, H) if self.resize == "short_side" else max(W, H))
+        return max(1, round(H * scale)), max(1, round(W * scale))
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# --------------------------------------------------------------------------------------------
+# Descriptors
+# --------------------------------------------------------------------------------------------
+class Descriptor:
+    """A dense image descriptor.
+
+    Subclasses set ``name`` and implement :meth:`extract`; everything else has a default. The runner
+    calls :meth:`describe` (a template method): it runs :meth:`setup` once, normalises the batch,
+    calls :meth:`extract` without autograd and validates what comes back.
+
+    Config: ``default_config`` lists every key a user may override with ``--set <name>.<key>=value``;
+    keys shared by a family of methods (``sd.model``) are declared in ``config_namespaces`` (namespace
+    → keys). A method that downloads weights should accept ``weights=random`` for offline tests.
+    """
+
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    version: ClassVar[str] = "1"  # bump when the output of the same config changes (cache key)
+    default_config: ClassVar[dict[str, Any]] = {}
+    config_namespaces: ClassVar[dict[str, tuple[str, ...]]] = {}
+    preprocess: ClassVar[Preprocess] = Preprocess()
+    #: dtype in which features are cached and read back (float16 halves disk for big maps)
+    cache_dtype: ClassVar[str] = "float32"
+
+    def __init__(self, config: dict[str, Any] | None = None, device: str = "cpu"):
+        unknown = set(config or {}) - set(self.default_config)
+        if unknown:
+            raise UsageError(
+                f"method {self.name!r} has no config key(s) {', '.join(sorted(unknown))}; "
+                f"valid keys: {', '.join(sorted(self.default_config)) or '(none)'}"
+            )
+        self.config: dict[str, Any] = {**self.default_config, **(config or {})}
+        self.device = device
+        self._ready = False
+
+    # -- hooks for subclasses -------------------------------------------------------------
+    def setup(self) -> None:
+        """Load weights and build modules. Called once, before the first batch."""
+
+    def extract(self, images: "torch.Tensor") -> "torch.Tensor":
+        """Map a B×3×H×W float batch (in [0, 1], or normalised by ``mean``/``std``) to B×C×h×w."""
+        raise NotImplementedError
+
+    def feature_grid(self, load_hw: tuple[int, int], feat_hw: tuple[int, int]) -> FeatureGrid:
+        """Where feature cells lie in the load image. Default: the cells tile the image."""
+        return FeatureGrid.spanning(load_hw, feat_hw)
+
+    def preprocessing(self) -> Preprocess:
+        """The preprocessing for the current config (``load_size`` in the config overrides the class's)."""
+        if "load_size" in self.config:
+            return replace(self.preprocess, load_size=int(self.config["load_size"]))
+        return self.preprocess
+
+    def weights_identity(self) -> str:
+        """A string that changes whenever the weights change (a file hash, a hub revision...)."""
+        return str(self.config.get("weights", ""))
+
+    def run_info(self) -> dict[str, Any]:
+        """Extra facts recorded in results.json (e.g. the checkpoint's stored config)."""
+        return {}
+
+    def extract_raw(self, images: "torch.Tensor") -> "torch.Tensor":
+        """Raw intermediate features for ``corrbench extract --raw`` (methods that have such a notion)."""
+        from .errors import UsageError as _UsageError
+
+        raise _UsageError(f"method {self.name!r} has no raw feature export (--raw)")
+
+    # -- template method --------------------------------------------------------------------
+    def describe(self, images: "torch.Tensor") -> "torch.Tensor":
+        import torch
+
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise DescriptorOutputError(f"{self.name}: input must be B×3×H×W, got {tuple(images.shape)}")
+        if not self._ready:
+            self.setup()
+            self._ready = True
+        prep = self.preprocessing()
+        if prep.mean is not None:
+            mean = torch.tensor(prep.mean, dtype=images.dtype, device=images.device).view(1, 3, 1, 1)
+            std = torch.tensor(prep.std or (1.0, 1.0, 1.0), dtype=images.dtype, device=images.device).view(1, 3, 1, 1)
+            images = (images - mean) / std
+        with torch.inference_mode():
+            out = self.extract(images)
+        self._validate(out, images.shape[0])
+        return out
+
+    def _validate(self, out: Any, batch: int) -> None:
+        import torch
+
+        if not isinstance(out, torch.Tensor):
+            raise DescriptorOutputError(f"{self.name}.extract returned {type(out).__name__}, not a tensor")
+        if out.ndim != 4 or out.shape[0] != batch:
+            raise DescriptorOutputError(
+                f"{self.name}.extract must return B×C×h×w with B={batch}, got shape {tuple(out.shape)}"
+            )
+        if not out.is_floating_point():
+            raise DescriptorOutputError(f"{self.name}.extract returned dtype {out.dtype}; expected floating point")
+        if min(out.shape[1:]) < 1:
+            raise DescriptorOutputError(f"{self.name}.extract returned an empty map {tuple(out.shape)}")
+        if not torch.isfinite(out).all():
+            raise DescriptorOutputError(f"{self.name}.extract returned NaN or infinite values")
+
+
+class PairConditionedDescriptor(Descriptor):
+    """A method whose keypoint transfer depends on the pair (DHPF's gates, Hough matching...).
+
+    Per-image maps from :meth:`extract` are still computed once per image and cached; the runner
+    then calls :meth:`transfer` for each pair instead of the nearest-neighbour readout.
+    """
+
+    def transfer(self, source_map: "torch.Tensor", target_map: "torch.Tensor",
+                 source_grid: FeatureGrid, target_grid: FeatureGrid,
+                 source_load_hw: tuple[int, int], target_load_hw: tuple[int, int],
+                 source_points: "torch.Tensor") -> "torch.Tensor":
+        """Predict target points (N×2, x then y, target load frame) for source points (N×2, source load frame).
+
+        ``source_map``/``target_map`` are the C×h×w maps :meth:`extract` produced for each image.
+        """
+        raise NotImplementedError
+
+
+# --------------------------------------------------------------------------------------------
+# Datasets
+# --------------------------------------------------------------------------------------------
+Box = tuple[float, float, float, float]
+
+
+@dataclass
+class Pair:
+    """One source/target image pair with row-aligned keypoints.
+
+    Points are N×2 arrays of (x, y) in original-image pixels; boxes are (left, top, right, bottom) in
+    original pixels. ``source_size``/``target_size`` are (W, H) when the annotation states them (the
+    runner checks them against the decoded image). ``metadata`` holds scalar facts such as SPair
+    difficulty flags, which the PCK engine can break results down by, and ``keypoint_ids``.
+    """
+
+    id: str
+    source: Path
+    target: Path
+    source_points: np.ndarray
+    target_points: np.ndarray
+    source_box: Box | None = None
+    target_box: Box | None = None
+    category: str = ""
+    source_size: tuple[int, int] | None = None
+    target_size: tuple[int, int] | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.source = Path(self.source)
+        self.target = Path(self.target)
+        self.source_points = np.asarray(self.source_points, dtype=np.float64).reshape(-1, 2)
+        self.target_points = np.asarray(self.target_points, dtype=np.float64).reshape(-1, 2)
+
+    def problems(self) -> list[str]:
+        """What is wrong with this pair's annotation (empty when it is usable)."""
+        out = []
+        n_s, n_t = len(self.source_points), len(self.target_points)
+        if n_s != n_t:
+            out.append(f"{n_s} source keypoints but {n_t} target keypoints")
+        if n_s == 0 or n_t == 0:
+            out.append("no keypoints")
+        for side, pts in (("source", self.source_points), ("target", self.target_points)):
+            if pts.size and not np.isfinite(pts).all():
+                out.append(f"non-finite {side} keypoint coordinates")
+        for side, box in (("source", self.source_box), ("target", self.target_box)):
+            if box is not None:
+                l, t, r, b = box
+                if not all(math.isfinite(v) for v in box) or r <= l or b <= t:
+                    out.append(f"{side} box {list(box)} is not (left, top, right, bottom) with right > left, bottom > top")
+        for side, pts, size in (("source", self.source_points, self.source_size),
+                                ("target", self.target_points, self.target_size)):
+            if size is not None and pts.size and np.isfinite(pts).all():
+                W, H = size
+                # SPair allows points on the far edge (VOC 1-based boxes); more than 1 px outside is an error
+                bad = (pts[:, 0] < -1) | (pts[:, 1] < -1) | (pts[:, 0] > W) | (pts[:, 1] > H)
+                if bad.any():
+                    out.append(f"{int(bad.sum())} {side} keypoint(s) outside the {W}×{H} image")
+        return out
+
+
+class Dataset:
+    """A source of keypoint-annotated image pairs.
+
+    Subclasses set ``name``, ``splits`` and implement :meth:`iter_pairs`. The root is resolved from the
+    ``root`` argument (``--data-root``), then ``$CORRBENCH_DATA/<root_dirname>``, then the user cache
+    dir. With ``skip_invalid`` a malformed pair is a warning and is counted in ``self.skipped``;
+    otherwise it raises :class:`DataError` naming the file.
+    """
+
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    version: ClassVar[str] = "1"
+    splits: ClassVar[tuple[str, ...]] = ("test",)
+    default_split: ClassVar[str] = "test"
+    default_config: ClassVar[dict[str, Any]] = {}
+    root_dirname: ClassVar[str] = ""
+    difficulty_flags: ClassVar[tuple[str, ...]] = ()
+    how_to_get: ClassVar[str] = ""
+
+    def __init__(self, root: str | os.PathLike | None = None, split: str | None = None,
+                 config: dict[str, Any] | None = None, skip_invalid: bool = False):
+        unknown = set(config or {}) - set(self.default_config)
+        if unknown:
+            raise UsageError(
+                f"dataset {self.name!r} has no config key(s) {', '.join(sorted(unknown))}; "
+                f"valid keys: {', '.join(sorted(self.default_config)) or '(none)'}"
+            )
+        self.config: dict[str, Any] = {**self.default_config, **(config or {})}
+        self.split = split or self.default_split
+        if self.split not in self.available_splits():
+            raise UsageError(f"dataset {self.name!r} has no split {self.split!r}; "
+                             f"splits: {', '.join(self.available_splits())}")
+        self.root = self.resolve_root(root)
+        self.skip_invalid = skip_invalid
+        self.skipped: list[str] = []
+
+    # -- root ------------------------------------------------------------------------------
+    @classmethod
+    def default_root(cls) -> Path:
+        dirname = cls.root_dirname or cls.name
+        env = os.environ.get("CORRBENCH_DATA")
+        if env:
+            return Path(env).expanduser() / dirname
+        from platformdirs import user_cache_dir
+
+        return Path(user_cache_dir("corrbench")) / "datasets" / dirname
+
+    @classmethod
+    def resolve_root(cls, root: str | os.PathLike | None) -> Path:
+        return Path(root).expanduser() if root else cls.default_root()
+
+    def available_splits(self) -> tuple[str, ...]:
+        return self.splits
+
+    # -- pairs -----------------------------------------------------------------------------
+    def prepare(self) -> None:
+        """Make sure the data is present (download or generate); raise MissingDataError otherwise."""
+        if not self.root.exists():
+            raise MissingDataError(
+                f"dataset {self.name!r}: root {self.root} does not exist. {self.how_to_get}".strip()
+            )
+
+    def iter_pairs(self) -> Iterator[Pair]:
+        raise NotImplementedError
+
+    def download(self) -> None:
+        """Fetch the dataset into ``self.root`` (``corrbench data download``)."""
+        raise MissingDataError(f"dataset {self.name!r} cannot be downloaded by corrbench. {self.how_to_get}".strip())
+
+    def info(self) -> dict[str, Any]:
+        """What ``corrbench data info`` shows: root, splits, counts when cheap, licence and source."""
+        return {"name": self.name, "root": str(self.root), "exists": self.root.exists(),
+                "splits": list(self.available_splits()), "split": self.split, "how_to_get": self.how_to_get}
+
+    def pairs(self) -> Iterator[Pair]:
+        """The split's pairs, annotation problems handled by the skip policy."""
+        self.prepare()
+        for pair in self.iter_pairs():
+            problems = pair.problems()
+            if problems:
+                self.invalid(f"pair {pair.id}: {'; '.join(problems)}")
+                continue
+            yield pair
+
+    def invalid(self, message: str, cause: BaseException | None = None) -> None:
+        """Report a malformed item: an error, or with ``skip_invalid`` a counted warning."""
+        if not self.skip_invalid:
+            raise DataError(message) from cause
+        self.skipped.append(message)
+        warnings.warn(f"skipping: {message}", stacklevel=2)
+
+    def validate(self) -> list[str]:
+        """Every problem found by reading all pairs and checking their images exist."""
+        found: list[str] = []
+        skip, self.skip_invalid = self.skip_invalid, True
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                for pair in self.pairs():
+                    for path in (pair.source, pair.target):
+                        if not path.is_file():
+                            found.append(f"pair {pair.id}: image {path} is missing")
+        except DataError as exc:
+            found.append(str(exc))
+        finally:
+            self.skip_invalid = skip
+        return self.skipped + found
+
+    def protocol(self) -> dict[str, Any]:
+        """Facts about the evaluation protocol recorded in results.json (pair list file, sha256...)."""
+        return {}

@@ -1,0 +1,43 @@
+"""corrbench's plugin hooks.
+
+Every hook is called with a ``register`` callback (the shape of simonw/llm): a plugin describes what
+it offers cheaply and nothing is built until a run asks for it. A target may be the object itself or
+a lazy ``"module:Object"`` string, so ``corrbench list`` and ``corrbench plugins`` never import torch,
+diffusers or timm.
+
+Implement a hook with ``@corrbench.hookimpl`` in the module named by your ``corrbench`` entry point.
+An implementation may accept fewer arguments than the specification (pluggy's opt-in arguments), so
+new arguments can be added here without breaking existing plugins.
+"""
+
+from __future__ import annotations
+
+import pluggy
+
+hookspec = pluggy.HookspecMarker("corrbench")
+hookimpl = pluggy.HookimplMarker("corrbench")
+
+
+@hookspec
+def register_methods(register):
+    """Register descriptor methods.
+
+    ``register(target)`` with a :class:`corrbench.Descriptor` subclass, or
+    ``register(name, "module:Class", description="...", aliases=(...))`` to have the class imported
+    only when a run needs it. The name must be unique across all installed plugins; a clash is
+    reported and the first registration is kept.
+    """
+
+
+@hookspec
+def register_datasets(register):
+    """Register datasets.
+
+    ``register(target)`` with a :class:`corrbench.Dataset` subclass, or
+    ``register(name, "module:Class", description="...")`` for a lazily imported one.
+    """
+
+
+@hookspec
+def register_commands(cli):
+    """Add click commands to the ``corrbench`` command group (``cli.add_command`` or ``@cli.command``)."""

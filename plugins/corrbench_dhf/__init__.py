@@ -1,0 +1,1 @@
+"""Built-in Diffusion Hyperfeatures methods (work in progress)."""

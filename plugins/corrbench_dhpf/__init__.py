@@ -1,0 +1,1 @@
+"""Built-in DHPF / HPF baselines (work in progress)."""

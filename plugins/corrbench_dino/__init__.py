@@ -1,0 +1,1 @@
+"""Built-in DINO and DINOv2 descriptors (work in progress)."""

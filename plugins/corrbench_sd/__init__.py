@@ -1,0 +1,1 @@
+"""Built-in Stable Diffusion feature methods (work in progress)."""
