@@ -168,14 +168,18 @@ class Descriptor:
         raise _UsageError(f"method {self.name!r} has no raw feature export (--raw)")
 
     # -- template method --------------------------------------------------------------------
+    def ensure_ready(self) -> None:
+        """Run :meth:`setup` once."""
+        if not self._ready:
+            self.setup()
+            self._ready = True
+
     def describe(self, images: "torch.Tensor") -> "torch.Tensor":
         import torch
 
         if images.ndim != 4 or images.shape[1] != 3:
             raise DescriptorOutputError(f"{self.name}: input must be B×3×H×W, got {tuple(images.shape)}")
-        if not self._ready:
-            self.setup()
-            self._ready = True
+        self.ensure_ready()
         prep = self.preprocessing()
         if prep.mean is not None:
             mean = torch.tensor(prep.mean, dtype=images.dtype, device=images.device).view(1, 3, 1, 1)

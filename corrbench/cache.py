@@ -1,0 +1,97 @@
+"""Content-addressed, on-disk cache of per-image descriptor maps (safetensors).
+
+Layout (hloc style: the folder name says what is inside)::
+
+    <cache>/<method>-<config hash>/config.json          resolved config, versions, weights identity
+    <cache>/<method>-<config hash>/<sha[:2]>/<sha>.safetensors
+
+The config hash covers the method name, the resolved config, the method and plugin versions, the
+weights identity and the preprocessing; the file name is the sha256 of the image bytes. A changed
+setting therefore never reuses stale features. Writes go to a temporary file renamed into place, and
+each entry stores a checksum of its tensor bytes: a truncated or corrupt entry is reported and
+recomputed, never read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save
+
+FORMAT_VERSION = "1"
+
+
+def config_hash(identity: dict[str, Any]) -> str:
+    blob = json.dumps(identity, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()
+
+
+def _tensor_digest(t: torch.Tensor) -> str:
+    return hashlib.sha256(t.contiguous().view(torch.uint8).numpy().tobytes()).hexdigest()
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class FeatureCache:
+    """One method configuration's slice of the cache."""
+
+    def __init__(self, root: Path, method: str, identity: dict[str, Any]):
+        self.digest = config_hash({"format": FORMAT_VERSION, **identity})
+        self.dir = Path(root) / f"{method}-{self.digest[:12]}"
+        self.identity = identity
+        self.hits = 0
+        self.misses = 0
+
+    def _path(self, image_sha: str) -> Path:
+        return self.dir / image_sha[:2] / f"{image_sha}.safetensors"
+
+    def get(self, image_sha: str) -> tuple[torch.Tensor, dict[str, str]] | None:
+        path = self._path(image_sha)
+        if not path.exists():
+            self.misses += 1
+            return None
+        try:
+            tensors = load_file(str(path))
+            with safe_open(str(path), framework="pt") as fh:
+                meta = dict(fh.metadata() or {})
+            feats = tensors["features"]
+            if meta.get("sha256") != _tensor_digest(feats):
+                raise ValueError("checksum mismatch")
+        except (SafetensorError, OSError, KeyError, ValueError, RuntimeError) as exc:
+            warnings.warn(f"cache entry {path} is corrupt ({exc}); recomputing it", stacklevel=2)
+            path.unlink(missing_ok=True)
+            self.misses += 1
+            return None
+        self.hits += 1
+        return feats, meta
+
+    def put(self, image_sha: str, features: torch.Tensor, meta: dict[str, str]) -> None:
+        if not (self.dir / "config.json").exists():
+            atomic_write_bytes(self.dir / "config.json",
+                               json.dumps(self.identity, indent=2, sort_keys=True, default=str).encode())
+        feats = features.detach().to("cpu").contiguous()
+        meta = {**meta, "sha256": _tensor_digest(feats)}
+        atomic_write_bytes(self._path(image_sha), save({"features": feats}, metadata=meta))
+
+
+__all__ = ["FeatureCache", "atomic_write_bytes", "config_hash"]

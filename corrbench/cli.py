@@ -1,0 +1,181 @@
+"""The ``corrbench`` command line. User errors print one line (``--debug`` shows the traceback)."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from .errors import CorrbenchError, UsageError
+
+DEFAULT_METHODS = "dsift,colour-patch"
+DEFAULT_DATASET = "synthetic"
+
+
+def _echo_table(table) -> None:
+    from .results import render
+
+    if table is not None and not table.empty:
+        click.echo(render(table, "md"))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--debug", is_flag=True, help="Show full tracebacks for errors.")
+@click.version_option(package_name="corrbench")
+@click.pass_context
+def cli(ctx: click.Context, debug: bool) -> None:
+    """Benchmark dense image descriptors on semantic keypoint correspondence."""
+    ctx.ensure_object(dict)["debug"] = debug
+
+
+@cli.command()
+@click.option("--methods", "-m", default=DEFAULT_METHODS, show_default=True, help="Comma-separated method names.")
+@click.option("--dataset", "-d", default=DEFAULT_DATASET, show_default=True)
+@click.option("--split", default=None, help="Dataset split (default: the dataset's test split).")
+@click.option("--data-root", type=click.Path(path_type=Path), default=None,
+              help="Dataset folder (else $CORRBENCH_DATA/<dataset>, else the user cache).")
+@click.option("--limit", type=int, default=None, help="Use only the first N pairs (smoke runs).")
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
+@click.option("--batch-size", type=int, default=8, show_default=True, help="Images per descriptor call.")
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), default=None,
+              help="Output folder (default corrbench-results/<dataset>-<split>-<time>).")
+@click.option("--set", "overrides", multiple=True, metavar="NAME.KEY=VALUE",
+              help="Override a config value of a method, the dataset or a shared namespace (repeatable).")
+@click.option("--cache-dir", type=click.Path(path_type=Path), default=None,
+              help="Feature cache (default $CORRBENCH_CACHE or the user cache).")
+@click.option("--no-cache", is_flag=True, help="Do not read or keep cached features.")
+@click.option("--skip-invalid", is_flag=True, help="Skip (and count) malformed pairs instead of stopping.")
+@click.option("--compare", type=click.Choice(["le", "lt"]), default="le", show_default=True,
+              help="A keypoint is correct when dist ≤ αL (le) or dist < αL (lt).")
+def run(methods, dataset, split, data_root, limit, device, batch_size, out_dir, overrides, cache_dir, no_cache,
+        skip_invalid, compare) -> None:
+    """Evaluate METHODS on a dataset and write a results folder."""
+    from .runner import run_benchmark
+
+    if out_dir is None:
+        stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+        out_dir = Path("corrbench-results") / f"{dataset}-{split or 'default'}-{stamp}"
+    result = run_benchmark(methods, dataset, split=split, data_root=data_root, overrides=list(overrides),
+                           limit=limit, device=device, batch_size=batch_size, out_dir=out_dir, cache_dir=cache_dir,
+                           no_cache=no_cache, skip_invalid=skip_invalid, compare=compare,
+                           echo=lambda s: click.echo(s, err=True))
+    ds = result.results["dataset"]
+    click.echo(f"\n{ds['name']} / {ds['split']}: {ds['n_pairs']} pairs, "
+               f"{next(iter(result.results['methods'].values()))['n_keypoints']} keypoints"
+               + (f", {len(ds['skipped'])} skipped" if ds["skipped"] else "") + "  (PCK@0.1 in %, pooled per keypoint)")
+    _echo_table(result.table)
+    click.echo(f"results: {result.out_dir}")
+
+
+@cli.command("list")
+@click.argument("kind", type=click.Choice(["methods", "datasets", "all"]), default="all")
+@click.argument("pattern", required=False)
+def list_(kind: str, pattern: str | None) -> None:
+    """List registered methods and datasets (PATTERN: shell wildcard, e.g. 'sd-*')."""
+    from .plugins import get_host
+
+    host = get_host()
+    for title, registry in (("methods", host.methods), ("datasets", host.datasets)):
+        if kind not in (title, "all"):
+            continue
+        entries = registry.entries(pattern)
+        click.echo(f"{title}:")
+        width = max((len(e.name) for e in entries), default=0)
+        for e in entries:
+            alias = f" (aliases: {', '.join(e.aliases)})" if e.aliases else ""
+            click.echo(f"  {e.name.ljust(width)}  {e.description}{alias}  [{e.plugin}]")
+        if not entries:
+            click.echo("  (none)")
+
+
+@cli.command()
+@click.option("--hook", default=None, help="Only plugins implementing this hook.")
+def plugins(hook: str | None) -> None:
+    """Show each plugin, its distribution and version, and what it registers (JSON)."""
+    from .plugins import get_host
+
+    host = get_host()
+    _ensure_commands(host)
+    rows = []
+    for info in host.plugins.values():
+        if hook:
+            impls = getattr(host.pm.hook, hook, None)
+            if impls is None:
+                raise UsageError(f"unknown hook {hook!r}; hooks: register_methods, register_datasets, register_commands")
+            if not any(i.plugin_name == info.name for i in impls.get_hookimpls()):
+                continue
+        rows.append(info.as_dict())
+    click.echo(json.dumps(rows, indent=2))
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--format", "fmt", type=click.Choice(["md", "csv", "latex"]), default="md", show_default=True)
+@click.option("--cost", is_flag=True, help="Add the seconds-per-image column.")
+def report(run_dir: Path, fmt: str, cost: bool) -> None:
+    """Re-render the table of a finished run."""
+    from .results import headline_table, load_run, render
+
+    results, summary = load_run(run_dir)
+    costs = {m: r.get("cost", {}) for m, r in results.get("methods", {}).items()} if cost else None
+    click.echo(render(headline_table(summary, costs), fmt), nl=False)
+
+
+@cli.command()
+@click.option("--method", "-m", required=True)
+@click.option("--images", required=True, multiple=True, type=click.Path(path_type=Path),
+              help="Image files or folders (repeatable; also accepts several paths after one --images).")
+@click.argument("more_images", nargs=-1, type=click.Path(path_type=Path))
+@click.option("--out", "out_file", required=True, type=click.Path(path_type=Path), help="Output .safetensors file.")
+@click.option("--set", "overrides", multiple=True, metavar="NAME.KEY=VALUE")
+@click.option("--raw", is_flag=True, help="Write the method's raw intermediate features instead of the descriptor.")
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--batch-size", type=int, default=8, show_default=True)
+def extract(method, images, more_images, out_file, overrides, raw, device, batch_size) -> None:
+    """Describe images with a method and write one tensor per image (named by file stem)."""
+    from .extract import extract_to_file
+
+    written = extract_to_file(method, [*images, *more_images], out_file, overrides=list(overrides), raw=raw,
+                              device=device, batch_size=batch_size)
+    click.echo(f"wrote {len(written)} tensors to {out_file}")
+
+
+_commands_added = False
+
+
+def _ensure_commands(host) -> None:
+    global _commands_added
+    if not _commands_added:
+        _commands_added = True
+        host.add_commands(cli)
+
+
+def build_cli() -> click.Group:
+    """The command group with every plugin's commands added."""
+    from .plugins import get_host
+
+    _ensure_commands(get_host())
+    return cli
+
+
+def main(argv: list[str] | None = None) -> None:
+    debug = "--debug" in (argv if argv is not None else sys.argv[1:])
+    try:
+        build_cli().main(args=argv, prog_name="corrbench", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except CorrbenchError as exc:
+        if debug:
+            raise
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        sys.exit(130)

@@ -1,0 +1,73 @@
+"""``corrbench extract``: describe image files with one method and write a safetensors file."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from safetensors.torch import save
+
+from .cache import atomic_write_bytes
+from .config import parse_overrides, resolve_overrides
+from .errors import DataError, UsageError
+from .images import load_rgb, to_input
+from .plugins import get_host
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
+
+
+def gather_images(paths: Sequence[Path]) -> list[Path]:
+    found: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found.extend(sorted(q for q in p.iterdir() if q.suffix.lower() in IMAGE_SUFFIXES))
+        elif p.is_file():
+            found.append(p)
+        else:
+            raise DataError(f"image {p} does not exist")
+    if not found:
+        raise UsageError(f"no images found in {', '.join(map(str, paths))}")
+    stems = [p.stem for p in found]
+    dupes = sorted({s for s in stems if stems.count(s) > 1})
+    if dupes:
+        raise UsageError(f"several images share the stem(s) {', '.join(dupes)}; tensors are named by stem")
+    return found
+
+
+def extract_to_file(method: str, images: Sequence[Path], out_file: Path, overrides: Any = None, raw: bool = False,
+                    device: str = "cpu", batch_size: int = 8) -> list[str]:
+    host = get_host()
+    entry = host.methods.entry(method)
+    cls = entry.load()
+    aliases = {a: e.name for e in host.methods.entries() for a in e.aliases}
+    cfgs, _ = resolve_overrides(parse_overrides(overrides), {entry.name: cls}, None, aliases)
+    descriptor = cls(config=cfgs[entry.name], device=device)
+    prep = descriptor.preprocessing()
+    paths = gather_images(images)
+    tensors: dict[str, torch.Tensor] = {}
+    groups: dict[tuple[int, int], list[tuple[Path, Any]]] = {}
+    for p in paths:
+        img = load_rgb(p)
+        groups.setdefault(prep.load_hw(img.size), []).append((p, img))
+    for group in groups.values():
+        for i in range(0, len(group), batch_size):
+            chunk = group[i:i + batch_size]
+            batch = torch.from_numpy(np.stack([to_input(img, prep) for _, img in chunk])).to(device)
+            if raw:
+                descriptor.ensure_ready()
+                with torch.inference_mode():
+                    out = descriptor.extract_raw(batch)
+            else:
+                out = descriptor.describe(batch)
+            for (p, _), t in zip(chunk, out):
+                tensors[p.stem] = t.detach().cpu().contiguous()
+    meta = {"method": entry.name, "raw": str(raw).lower(),
+            "config": json.dumps(descriptor.config, sort_keys=True, default=str),
+            "preprocess": json.dumps(prep.as_dict(), sort_keys=True),
+            "weights": descriptor.weights_identity()}
+    out_file = Path(out_file)
+    atomic_write_bytes(out_file, save(tensors, metadata=meta))
+    return list(tensors)

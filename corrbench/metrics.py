@@ -1,0 +1,69 @@
+"""The PCK engine: every α × {bbox, img} × {per point, per image} × {all, per category, per flag}.
+
+Input is one row per transferred keypoint with its distance to the ground truth (original target
+pixels) and the two reference lengths of its target: ``L_bbox`` = max side of the *target* box and
+``L_img`` = max(W, H) of the *target* image. A keypoint is correct when ``dist ≤ α·L`` (``le``, the
+DHF/DHPF/DIFT convention) or ``dist < α·L`` (``lt``, sd-dino/GeoAware). Exact ties on integer grids do
+occur, so the comparison carries a 1e-9 relative tolerance: floating round-off in ``α·L`` can never
+decide a tie.
+
+"point" pools all keypoints (the DHF table); "image" averages per-pair accuracies (DIFT's per image).
+Values are percentages.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+ALPHAS: tuple[float, ...] = (0.01, 0.05, 0.10, 0.15)
+NORMS = {"bbox": "L_bbox", "img": "L_img"}
+_REL_TOL = 1e-9
+
+
+def correct(dist: np.ndarray, threshold: np.ndarray, compare: str = "le") -> np.ndarray:
+    dist = np.asarray(dist, dtype=np.float64)
+    threshold = np.asarray(threshold, dtype=np.float64)
+    if compare == "le":
+        return dist <= threshold * (1 + _REL_TOL)
+    if compare == "lt":
+        return dist < threshold * (1 - _REL_TOL)
+    raise ValueError(f"compare must be 'le' or 'lt', got {compare!r}")
+
+
+def pck_table(keypoints: pd.DataFrame, alphas: Sequence[float] = ALPHAS, compare: str = "le",
+              groups: Sequence[str] = ("category",)) -> pd.DataFrame:
+    """Long table with columns ``group, level, norm, average, alpha, value, n``.
+
+    ``group`` is ``all`` for the overall numbers, else the breakdown column (``category`` or a
+    difficulty flag) with ``level`` its value. ``n`` counts keypoints (point) or pairs (image).
+    """
+    if keypoints.empty:
+        return pd.DataFrame(columns=["group", "level", "norm", "average", "alpha", "value", "n"])
+    flags = {}
+    for norm, col in NORMS.items():
+        for a in alphas:
+            flags[(norm, a)] = correct(keypoints["dist"].to_numpy(), a * keypoints[col].to_numpy(), compare)
+    hits = pd.DataFrame({f"{norm}|{a!r}": v for (norm, a), v in flags.items()}, index=keypoints.index)
+    hits["pair_id"] = keypoints["pair_id"].to_numpy()
+    hits["_all"] = "all"
+    cols = [c for c in hits.columns if "|" in c]
+    rows = []
+    for group in ("_all", *[g for g in groups if g in keypoints.columns]):
+        hits["_level"] = keypoints[group].to_numpy() if group != "_all" else "all"
+        by_level = hits.groupby("_level", sort=True)
+        point = by_level[cols].mean()
+        point_n = by_level.size()
+        per_pair = hits.groupby(["_level", "pair_id"], sort=True)[cols].mean()
+        image = per_pair.groupby(level=0).mean()
+        image_n = per_pair.groupby(level=0).size()
+        for level in point.index:
+            for c in cols:
+                norm, a = c.split("|")
+                rows.append(("all" if group == "_all" else group, level, norm, "point", float(a),
+                             100.0 * point.at[level, c], int(point_n[level])))
+                rows.append(("all" if group == "_all" else group, level, norm, "image", float(a),
+                             100.0 * image.at[level, c], int(image_n[level])))
+    return pd.DataFrame(rows, columns=["group", "level", "norm", "average", "alpha", "value", "n"])

@@ -1,0 +1,379 @@
+"""methods × dataset → results: unique images → cached batched extraction → readout → PCK → files.
+
+Each unique image is described once per method configuration (never once per pair); features live
+in the content-addressed cache (:mod:`corrbench.cache`), so a rerun only reads them back.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from importlib import metadata
+from itertools import islice
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from . import __version__
+from .api import Dataset, Descriptor, FeatureGrid, Pair, PairConditionedDescriptor
+from .cache import FeatureCache, atomic_write_bytes
+from .config import parse_overrides, resolve_overrides
+from .errors import DataError, UsageError
+from .images import ImageRecord, inspect_image, load_rgb, to_input, to_load, to_original
+from .metrics import ALPHAS, pck_table
+from .plugins import get_host
+from .readout import nn_transfer
+from .results import SUMMARY_COLUMNS, headline_table, render, write_csv, write_json, write_jsonl
+
+
+def default_cache_dir() -> Path:
+    env = os.environ.get("CORRBENCH_CACHE")
+    if env:
+        return Path(env).expanduser()
+    from platformdirs import user_cache_dir
+
+    return Path(user_cache_dir("corrbench")) / "features"
+
+
+@dataclass
+class MethodResult:
+    name: str
+    descriptor: Descriptor
+    cache_dir: str
+    predictions: list[dict[str, Any]] = field(default_factory=list)
+    keypoints: pd.DataFrame | None = None
+    cost: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class RunResult:
+    out_dir: Path | None
+    summary: pd.DataFrame
+    breakdown: pd.DataFrame
+    results: dict[str, Any]
+    table: pd.DataFrame
+
+
+class _FeatureStore:
+    """Feature maps of one method: extracted in batches into the cache, read back through a small LRU."""
+
+    def __init__(self, descriptor: Descriptor, cache: FeatureCache, device: str, lru: int = 32):
+        self.descriptor = descriptor
+        self.cache = cache
+        self.device = device
+        self._lru: OrderedDict[str, tuple[torch.Tensor, FeatureGrid, tuple[int, int]]] = OrderedDict()
+        self._size = lru
+
+    def fill(self, images: Sequence[ImageRecord], batch_size: int, progress: bool) -> dict[str, Any]:
+        prep = self.descriptor.preprocessing()
+        missing = [rec for rec in images if not self._cached(rec)]
+        t0 = time.perf_counter()
+        # images of one load size form a batch (the size differs per image only for aspect-keeping policies)
+        by_shape: dict[tuple[int, int], list[ImageRecord]] = {}
+        for rec in missing:
+            by_shape.setdefault(prep.load_hw(rec.size), []).append(rec)
+        bar = tqdm(total=len(missing), desc=f"{self.descriptor.name}: extract", unit="img",
+                   disable=not progress or None, leave=False)
+        for load_hw, recs in by_shape.items():
+            for i in range(0, len(recs), batch_size):
+                chunk = recs[i:i + batch_size]
+                batch = torch.from_numpy(np.stack([to_input(load_rgb(r.path), prep) for r in chunk])).to(self.device)
+                feats = self.descriptor.describe(batch)
+                grid = self.descriptor.feature_grid(load_hw, tuple(feats.shape[-2:]))
+                meta = {"grid": ",".join(repr(v) for v in (grid.stride_x, grid.stride_y, grid.offset_x, grid.offset_y)),
+                        "load_hw": f"{load_hw[0]},{load_hw[1]}", "image": str(chunk[0].path)}
+                for rec, f in zip(chunk, feats):
+                    self.cache.put(rec.sha256, f.to(getattr(torch, self.descriptor.cache_dtype)),
+                                   {**meta, "image": str(rec.path)})
+                bar.update(len(chunk))
+        bar.close()
+        seconds = time.perf_counter() - t0
+        return {"images": len(images), "images_extracted": len(missing), "images_cached": len(images) - len(missing),
+                "extract_seconds": seconds,
+                "extract_s_per_image": seconds / len(missing) if missing else None}
+
+    def _cached(self, rec: ImageRecord) -> bool:
+        return self.cache._path(rec.sha256).exists()
+
+    def get(self, rec: ImageRecord) -> tuple[torch.Tensor, FeatureGrid, tuple[int, int]]:
+        if rec.sha256 in self._lru:
+            self._lru.move_to_end(rec.sha256)
+            return self._lru[rec.sha256]
+        hit = self.cache.get(rec.sha256)
+        if hit is None:  # evicted or corrupt since fill(): recompute this one image
+            self.fill([rec], 1, progress=False)
+            hit = self.cache.get(rec.sha256)
+            if hit is None:
+                raise DataError(f"features for {rec.path} could not be written to {self.cache.dir}")
+        feats, meta = hit
+        grid = FeatureGrid(*(float(v) for v in meta["grid"].split(",")))
+        load_hw = tuple(int(v) for v in meta["load_hw"].split(","))
+        entry = (feats.float().to(self.device), grid, load_hw)
+        self._lru[rec.sha256] = entry
+        if len(self._lru) > self._size:
+            self._lru.popitem(last=False)
+        return entry
+
+
+def _plugin_version(cls: type) -> str:
+    top = cls.__module__.split(".")[0]
+    try:
+        for dist in metadata.packages_distributions().get(top, []):
+            return metadata.version(dist)
+    except Exception:  # metadata lookups never decide whether a run works
+        pass
+    return "unknown"
+
+
+def method_identity(descriptor: Descriptor) -> dict[str, Any]:
+    return {
+        "method": descriptor.name,
+        "config": descriptor.config,
+        "method_version": descriptor.version,
+        "plugin_version": _plugin_version(type(descriptor)),
+        "weights": descriptor.weights_identity(),
+        "preprocess": descriptor.preprocessing().as_dict(),
+        "cache_dtype": descriptor.cache_dtype,
+    }
+
+
+def _git_hash() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).resolve().parent)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _environment(device: str) -> dict[str, Any]:
+    env: dict[str, Any] = {"python": sys.version.split()[0], "platform": sys.platform, "torch": torch.__version__,
+                           "device": device}
+    if device.startswith("cuda") and torch.cuda.is_available():
+        env["gpu"] = torch.cuda.get_device_name(torch.device(device))
+    for pkg in ("diffusers", "transformers", "timm", "kornia", "numpy", "pandas"):
+        try:
+            env[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            pass
+    return env
+
+
+def _peak_host_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
+
+
+def collect_images(pairs: Sequence[Pair], dataset: Dataset, progress: bool) -> tuple[list[Pair], dict[Path, ImageRecord]]:
+    """Hash and decode every unique image once; drop (or fail on) pairs whose images are bad."""
+    records: dict[Path, ImageRecord] = {}
+    bad: dict[Path, str] = {}
+    paths = list(dict.fromkeys(p for pair in pairs for p in (pair.source, pair.target)))
+    for path in tqdm(paths, desc="images", unit="img", disable=not progress or None, leave=False):
+        try:
+            records[path] = inspect_image(path)
+        except DataError as exc:
+            if not dataset.skip_invalid:
+                raise
+            bad[path] = str(exc)
+    kept = []
+    for pair in pairs:
+        problem = next((bad[p] for p in (pair.source, pair.target) if p in bad), None)
+        for side, path, size in (("source", pair.source, pair.source_size), ("target", pair.target, pair.target_size)):
+            if problem is None and size is not None and tuple(size) != records[path].size:
+                problem = (f"annotation says {side} image {path} is {size[0]}×{size[1]} "
+                           f"but it decodes as {records[path].size[0]}×{records[path].size[1]}")
+        if problem:
+            dataset.invalid(f"pair {pair.id}: {problem}")
+            continue
+        kept.append(pair)
+    return kept, records
+
+
+def _reference_lengths(pair: Pair, target_size: tuple[int, int]) -> tuple[float, float]:
+    W, H = target_size
+    l_img = float(max(W, H))
+    if pair.target_box is None:
+        return float("nan"), l_img
+    l, t, r, b = pair.target_box
+    return float(max(r - l, b - t)), l_img
+
+
+def evaluate_method(store: _FeatureStore, pairs: Sequence[Pair], records: dict[Path, ImageRecord],
+                    flags: Sequence[str], progress: bool) -> tuple[pd.DataFrame, list[dict[str, Any]], float]:
+    descriptor = store.descriptor
+    rows: list[dict[str, Any]] = []
+    preds: list[dict[str, Any]] = []
+    t0 = time.perf_counter()
+    # group by source image so the LRU keeps hitting
+    for pair in tqdm(sorted(pairs, key=lambda p: (str(p.source), str(p.target))), desc=f"{descriptor.name}: match",
+                     unit="pair", disable=not progress or None, leave=False):
+        src_rec, tgt_rec = records[pair.source], records[pair.target]
+        s_map, s_grid, s_hw = store.get(src_rec)
+        t_map, t_grid, t_hw = store.get(tgt_rec)
+        src_load = torch.from_numpy(to_load(pair.source_points, src_rec.size, s_hw))
+        if isinstance(descriptor, PairConditionedDescriptor):
+            with torch.inference_mode():
+                pred_load = descriptor.transfer(s_map, t_map, s_grid, t_grid, s_hw, t_hw, src_load)
+        else:
+            pred_load = nn_transfer(s_map, t_map, s_grid, t_grid, s_hw, t_hw, src_load)
+        pred = to_original(pred_load.cpu().numpy(), tgt_rec.size, t_hw)
+        dist = np.linalg.norm(pred - pair.target_points, axis=1)
+        l_bbox, l_img = _reference_lengths(pair, tgt_rec.size)
+        for k, d in enumerate(dist):
+            row = {"pair_id": pair.id, "category": pair.category or "-", "dist": float(d),
+                   "L_bbox": l_bbox, "L_img": l_img}
+            for flag in flags:
+                row[flag] = pair.metadata.get(flag, "-")
+            rows.append(row)
+        preds.append({"method": descriptor.name, "pair": pair.id, "category": pair.category,
+                      "source": str(pair.source), "target": str(pair.target),
+                      "source_points": pair.source_points.tolist(), "target_points": pair.target_points.tolist(),
+                      "predicted_points": pred.tolist(), "distances": dist.tolist(),
+                      "L_bbox": l_bbox, "L_img": l_img})
+    seconds = time.perf_counter() - t0
+    return pd.DataFrame(rows), preds, seconds
+
+
+def _split_methods(methods: str | Sequence[str]) -> list[str]:
+    names = [m.strip() for m in (methods.split(",") if isinstance(methods, str) else methods) if m.strip()]
+    if not names:
+        raise UsageError("no methods given")
+    if len(set(names)) != len(names):
+        raise UsageError(f"a method is listed twice in {','.join(names)}")
+    return names
+
+
+def run_benchmark(methods: str | Sequence[str], dataset: str, split: str | None = None,
+                  data_root: str | os.PathLike | None = None, overrides: Any = None, limit: int | None = None,
+                  device: str = "cpu", batch_size: int = 8, out_dir: str | os.PathLike | None = None,
+                  cache_dir: str | os.PathLike | None = None, no_cache: bool = False, skip_invalid: bool = False,
+                  compare: str = "le", alphas: Sequence[float] = ALPHAS, progress: bool = True,
+                  echo: Callable[[str], None] | None = None) -> RunResult:
+    """Run ``methods`` on ``dataset`` and (when ``out_dir`` is given) write the results folder."""
+    started = time.perf_counter()
+    host = get_host()
+    names = _split_methods(methods)
+    method_classes = {}
+    for name in names:
+        entry = host.methods.entry(name)
+        method_classes[entry.name] = entry.load()
+    ds_entry = host.datasets.entry(dataset)
+    ds_cls = ds_entry.load()
+    aliases = {a: e.name for e in host.methods.entries() for a in e.aliases}
+    method_cfgs, ds_cfg = resolve_overrides(parse_overrides(overrides), method_classes,
+                                            (ds_entry.name, ds_cls), aliases)
+    if batch_size < 1:
+        raise UsageError(f"--batch-size must be at least 1, got {batch_size}")
+    if limit is not None and limit < 1:
+        raise UsageError(f"--limit must be at least 1, got {limit}")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError(f"--device {device}: CUDA is not available on this machine")
+
+    ds: Dataset = ds_cls(root=data_root, split=split, config=ds_cfg, skip_invalid=skip_invalid)
+    all_pairs = list(islice(ds.pairs(), limit))
+    if not all_pairs:
+        raise DataError(f"dataset {ds.name!r} split {ds.split!r} at {ds.root} has no usable pairs")
+    pairs, records = collect_images(all_pairs, ds, progress)
+    if not pairs:
+        raise DataError(f"dataset {ds.name!r}: every pair was skipped as invalid ({len(ds.skipped)} problems)")
+    flags = [f for f in ds.difficulty_flags]
+
+    tmp_cache = tempfile.mkdtemp(prefix="corrbench-nocache-") if no_cache else None
+    cache_root = Path(tmp_cache) if tmp_cache else Path(cache_dir) if cache_dir else default_cache_dir()
+    method_results: list[MethodResult] = []
+    try:
+        for name, cls in method_classes.items():
+            descriptor: Descriptor = cls(config=method_cfgs[name], device=device)
+            cache = FeatureCache(cache_root, name, method_identity(descriptor))
+            store = _FeatureStore(descriptor, cache, device)
+            if device.startswith("cuda"):
+                torch.cuda.reset_peak_memory_stats()
+            used = [records[p] for p in dict.fromkeys(x for pair in pairs for x in (pair.source, pair.target))]
+            cost = store.fill(used, batch_size, progress)
+            keypoints, preds, readout_s = evaluate_method(store, pairs, records, flags, progress)
+            cost.update({"readout_seconds": readout_s, "readout_pairs_per_s": len(pairs) / readout_s if readout_s else None,
+                         "peak_host_mb": _peak_host_mb(),
+                         "peak_gpu_mb": torch.cuda.max_memory_allocated() / 2**20 if device.startswith("cuda") else None})
+            method_results.append(MethodResult(name, descriptor, str(cache.dir), preds, keypoints, cost))
+            if echo:
+                echo(f"{name}: {cost['images_extracted']} images extracted, {cost['images_cached']} from cache")
+    finally:
+        if tmp_cache:
+            shutil.rmtree(tmp_cache, ignore_errors=True)
+
+    summary_rows, breakdown_rows = [], []
+    results_methods: dict[str, Any] = {}
+    for mr in method_results:
+        table = pck_table(mr.keypoints, alphas, compare, groups=("category", *flags))
+        table.insert(0, "method", mr.name)
+        table.insert(1, "dataset", ds.name)
+        table.insert(2, "split", ds.split)
+        table.insert(3, "metric", "pck")
+        overall = table[table["group"] == "all"]
+        summary_rows.append(overall[SUMMARY_COLUMNS])
+        breakdown_rows.append(table[table["group"] != "all"])
+        point = overall[overall["average"] == "point"]
+        metrics = {f"pck@{a:.2f}_{norm}": float(v) for a, norm, v in zip(point["alpha"], point["norm"], point["value"])}
+        per_category = {
+            str(level): {f"pck@{a:.2f}_{norm}": float(v) for a, norm, v in zip(g["alpha"], g["norm"], g["value"])}
+            for level, g in table[(table["group"] == "category") & (table["average"] == "point")].groupby("level")
+        }
+        results_methods[mr.name] = {
+            "plugin": host.methods.entry(mr.name).plugin,
+            "plugin_version": _plugin_version(type(mr.descriptor)),
+            "method_version": mr.descriptor.version,
+            "config": mr.descriptor.config,
+            "config_hash": FeatureCache(cache_root, mr.name, method_identity(mr.descriptor)).digest,
+            "weights": mr.descriptor.weights_identity(),
+            "preprocess": mr.descriptor.preprocessing().as_dict(),
+            "readout": "pair-conditioned" if isinstance(mr.descriptor, PairConditionedDescriptor) else "nn-cosine-bilinear",
+            "info": mr.descriptor.run_info(),
+            "metrics": metrics,
+            "per_category": per_category,
+            "n_pairs": len(pairs),
+            "n_keypoints": int(len(mr.keypoints)),
+            "cost": mr.cost,
+            "cache": None if no_cache else mr.cache_dir,
+        }
+    summary = pd.concat(summary_rows, ignore_index=True)
+    breakdown = pd.concat(breakdown_rows, ignore_index=True)
+    cost = {m: r["cost"] for m, r in results_methods.items()}
+    table = headline_table(summary, cost)
+    results = {
+        "corrbench_version": __version__,
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "git_hash": _git_hash(),
+        "command": sys.argv,
+        "env": _environment(device),
+        "dataset": {"name": ds.name, "version": ds.version, "split": ds.split, "root": str(ds.root),
+                    "config": ds.config, "protocol": ds.protocol(), "plugin": ds_entry.plugin,
+                    "n_pairs": len(pairs), "n_pairs_listed": len(all_pairs), "limit": limit,
+                    "n_images": len(records), "skipped": list(ds.skipped)},
+        "protocol": {"alphas": list(alphas), "compare": compare, "frame": "original target image",
+                     "norms": {"bbox": "max side of the target box", "img": "max(W, H) of the target image"},
+                     "averages": {"point": "pooled over keypoints", "image": "mean of per-pair accuracy"}},
+        "higher_is_better": {"pck": True},
+        "methods": results_methods,
+        "total_seconds": time.perf_counter() - started,
+    }
+    out = Path(out_dir) if out_dir else None
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        write_jsonl(out / "predictions.jsonl", (p for mr in method_results for p in mr.predictions))
+        write_csv(out / "summary.csv", summary)
+        write_csv(out / "breakdown.csv", breakdown)
+        atomic_write_bytes(out / "summary.md", render(table, "md").encode())
+        write_json(out / "results.json", results)  # last: its presence marks a complete run
+    return RunResult(out, summary, breakdown, results, table)
