@@ -227,6 +227,92 @@ def dhf_list_from_spair(fx: SpairFixture, split: str = "test", *, per_category: 
 
 
 # ------------------------------------------------------------------------------------------
+# CUB-200-2011
+# ------------------------------------------------------------------------------------------
+CUB_CLASS_NAMES = ("001.Black_footed_Albatross", "002.Laysan_Albatross", "003.Sooty_Albatross",
+                   "004.Groove_billed_Ani", "005.Crested_Auklet", "006.Least_Auklet")
+
+
+@dataclass
+class CubImageRecord:
+    id: int
+    path: str  # relative to images/
+    class_id: int
+    size: tuple[int, int]  # (W, H)
+    box_xywh: tuple[float, float, float, float]
+    parts: dict[int, tuple[float, float, int]]  # part id (1-based) → (x, y, visible); all 15 present
+    train: bool
+
+    @property
+    def category(self) -> str:
+        return self.path.split("/", 1)[0]
+
+    def visible(self) -> dict[int, tuple[float, float]]:
+        return {p: (x, y) for p, (x, y, v) in self.parts.items() if v}
+
+
+@dataclass
+class CubFixture:
+    root: Path
+    images: dict[int, CubImageRecord] = field(default_factory=dict)
+
+
+def write_cub_fixture(root: str | os.PathLike, *, classes: int = 3, train_per_class: int = 2,
+                      test_per_class: int = 2, seed: int = 0) -> CubFixture:
+    """Write a tiny CUB-200-2011 in its exact layout (dataset-formats.md §3.1 and §9).
+
+    1-based contiguous ids; train and test images interleaved within each class; 15 part lines per
+    image in image-then-part order with at least one invisible part (``0.0 0.0 0``) per image; one
+    part on the right border with its box ending at x + w = W; numbers written with one decimal.
+    """
+    root = Path(root)
+    rng = np.random.default_rng(seed)
+    fx = CubFixture(root=root)
+    image_id = 0
+    for c in range(classes):
+        cls_name = CUB_CLASS_NAMES[c] if c < len(CUB_CLASS_NAMES) else f"{c + 1:03d}.Fixture_Bird_{c + 1}"
+        stem = cls_name.split(".", 1)[1]
+        quota = {True: train_per_class, False: test_per_class}
+        k = 0
+        while quota[True] or quota[False]:
+            train = bool(k % 2) if quota[True] and quota[False] else bool(quota[True])
+            quota[train] -= 1
+            image_id += 1
+            size = SIZES[image_id % len(SIZES)]
+            W, H = size
+            n_vis = int(rng.integers(8, 14))  # of 15: always at least one invisible part
+            kps, bbox = _points_box(rng, size, list(range(1, 16)), n_vis, border=(k == 0))
+            parts = {p: (float(kps[p][0]), float(kps[p][1]), 1) if p in kps else (0.0, 0.0, 0)
+                     for p in range(1, 16)}
+            box = (float(bbox[0]), float(bbox[1]), float(bbox[2] - bbox[0]), float(bbox[3] - bbox[1]))
+            rel = f"{cls_name}/{stem}_{k + 1:04d}_{image_id}.jpg"
+            fx.images[image_id] = CubImageRecord(image_id, rel, c + 1, size, box, parts, train)
+            draw_image(root / "images" / rel, size, {p: xy for p, xy in kps.items()},
+                       background=30 + (image_id * 41) % 180)
+            k += 1
+    recs = [fx.images[i] for i in sorted(fx.images)]
+
+    def lines(rows) -> str:
+        return "".join(" ".join(str(v) for v in row) + "\n" for row in rows)
+
+    (root / "parts").mkdir(parents=True, exist_ok=True)
+    (root / "attributes").mkdir(parents=True, exist_ok=True)
+    (root / "images.txt").write_text(lines((r.id, r.path) for r in recs))
+    (root / "classes.txt").write_text(lines((i + 1, CUB_CLASS_NAMES[i] if i < len(CUB_CLASS_NAMES)
+                                             else f"{i + 1:03d}.Fixture_Bird_{i + 1}") for i in range(classes)))
+    (root / "image_class_labels.txt").write_text(lines((r.id, r.class_id) for r in recs))
+    (root / "train_test_split.txt").write_text(lines((r.id, int(r.train)) for r in recs))
+    (root / "bounding_boxes.txt").write_text(lines((r.id, *(f"{v:.1f}" for v in r.box_xywh)) for r in recs))
+    (root / "parts" / "parts.txt").write_text(lines((i + 1, n) for i, n in enumerate(CUB_PART_NAMES)))
+    (root / "parts" / "part_locs.txt").write_text(lines(
+        (r.id, p, f"{x:.1f}", f"{y:.1f}", v) for r in recs for p, (x, y, v) in sorted(r.parts.items())))
+    (root / "parts" / "part_click_locs.txt").write_text(lines(
+        (r.id, p, f"{x:.1f}", f"{y:.1f}", v, f"{1 + (r.id * p) % 7 + 0.329:.3f}")
+        for r in recs for p, (x, y, v) in sorted(r.parts.items())))
+    return fx
+
+
+# ------------------------------------------------------------------------------------------
 # Loopback HTTP server with Range support (download tests)
 # ------------------------------------------------------------------------------------------
 class LoopbackServer:
@@ -299,7 +385,8 @@ class LoopbackServer:
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
+                                        daemon=True)
         self._thread.start()
         return self
 

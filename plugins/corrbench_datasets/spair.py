@@ -158,3 +158,213 @@ def parse_categories(value: Any, known: Sequence[str] | None = SPAIR_CATEGORIES,
             raise UsageError(f"{what}: unknown categor{'y' if len(unknown) == 1 else 'ies'} "
                              f"{', '.join(map(repr, unknown))}; known: {', '.join(known)}")
     return tuple(dict.fromkeys(items)) or None
+
+
+def spair_index(root: Path, split: str, layout: str = "large") -> dict[tuple[str, str, str], str]:
+    """``(category, source stem, target stem) → pair stem`` from the layout file (names only, no JSON read)."""
+    out: dict[tuple[str, str, str], str] = {}
+    for stem in read_layout(root, split, layout):
+        head, _, cat = stem.rpartition(":")
+        parts = head.split("-")
+        if len(parts) == 3 and cat:
+            out[(cat, parts[1], parts[2])] = stem
+    return out
+
+
+# ------------------------------------------------------------------------------------------
+# The dataset
+# ------------------------------------------------------------------------------------------
+class SPairDataset(Dataset):
+    """SPair-71k from its native layout; also the DHF 360-pair subsets (``dhf-test-360``, ``dhf-val-360``)."""
+
+    name = "spair"
+    description = "SPair-71k (18 categories, 70,958 pairs); splits trn, val, test and the DHF 360-pair subsets"
+    version = "1"
+    splits = ("trn", "val", "test", "dhf-test-360", "dhf-val-360")
+    default_split = "test"
+    default_config = {"categories": None, "layout": "large", "pairs": None}
+    root_dirname = "SPair-71k"
+    difficulty_flags = ("viewpoint_variation", "scale_variation", "truncation", "occlusion")
+    url = SPAIR_URL
+    sha256: str | None = None  # not published; the download manifest records the one computed
+    licence = ("No open licence. Images and metadata come from PASCAL VOC and Flickr; their terms apply. "
+               "Research use only; do not redistribute.")
+    how_to_get = ("Run `corrbench data download spair` (about 1.3 GB from cvlab.postech.ac.kr), or fetch "
+                  f"{SPAIR_URL}, unpack it and pass --data-root .../SPair-71k (or set $CORRBENCH_DATA to its "
+                  "parent folder).")
+
+    def __init__(self, root=None, split=None, config=None, skip_invalid: bool = False):
+        super().__init__(root, split, config, skip_invalid)
+        self.categories = parse_categories(self.config.get("categories"))
+        self.layout = str(self.config.get("layout") or "large")
+        if self.layout not in ("large", "small"):
+            raise UsageError(f"spair.layout must be 'large' or 'small', got {self.layout!r}")
+        pairs = self.config.get("pairs")
+        self.pairs_file: Path | None = Path(pairs).expanduser() if pairs else None
+        self._resolved_list: Path | None = None
+        self._joined = 0
+
+    # -- data --------------------------------------------------------------------------------
+    def prepare(self) -> None:
+        super().prepare()
+        if self.split in _dhf_lists():
+            from .dhf_lists import resolve_dhf_list
+
+            self._resolved_list = resolve_dhf_list(self.split, self.root, local=self.pairs_file)
+        elif self.pairs_file is not None:
+            if not self.pairs_file.is_file():
+                raise DataError(f"{self.pairs_file}: pair list does not exist (given by spair.pairs)")
+            self._resolved_list = self.pairs_file
+
+    def iter_pairs(self) -> Iterator[Pair]:
+        if self._resolved_list is None and (self.split in _dhf_lists() or self.pairs_file is not None):
+            self.prepare()
+        if self._resolved_list is None:
+            yield from iter_spair_pairs(self.root, self.split, layout=self.layout, categories=self.categories,
+                                        invalid=self.invalid)
+            return
+        yield from self._iter_list(self._resolved_list)
+
+    def _metadata_split(self) -> str:
+        lists = _dhf_lists()
+        return lists[self.split].spair_split if self.split in lists else self.split
+
+    def _iter_list(self, path: Path) -> Iterator[Pair]:
+        """A DHF-schema list over ``JPEGImages``, joined with the SPair pair files for the metadata."""
+        import warnings
+
+        from .dhf_json import iter_dhf_pairs
+
+        try:
+            index = spair_index(self.root, self._metadata_split(), self.layout)
+        except DataError as exc:
+            warnings.warn(f"spair: no pair metadata for {path.name} ({exc})", stacklevel=2)
+            index = {}
+        self._joined = 0
+        for pair in iter_dhf_pairs(path, self.root / "JPEGImages", categories=self.categories,
+                                   invalid=self.invalid):
+            stem = index.get((pair.category, pair.source.stem, pair.target.stem))
+            if stem is not None:
+                try:
+                    ref = read_pair_file(self.root, self._metadata_split(), stem)
+                except DataError as exc:  # the list is the authority; missing metadata is only a warning
+                    warnings.warn(f"spair: pair {pair.id}: metadata not joined: {exc}", stacklevel=2)
+                else:
+                    self._join(pair, ref, stem)
+            yield pair
+
+    def _join(self, pair: Pair, ref: Pair, stem: str) -> None:
+        import numpy as np
+
+        meta = dict(ref.metadata)
+        same_points = (ref.source_points.shape == pair.source_points.shape
+                       and np.array_equal(ref.source_points, pair.source_points)
+                       and np.array_equal(ref.target_points, pair.target_points))
+        if not same_points:  # keypoint ids only describe rows that are the same points
+            meta.pop("keypoint_ids", None)
+        pair.metadata = {**meta, **pair.metadata, "spair_pair": stem}
+        pair.source_size = pair.source_size or ref.source_size
+        pair.target_size = pair.target_size or ref.target_size
+        self._joined += 1
+
+    # -- reporting ---------------------------------------------------------------------------
+    def protocol(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"layout": self.layout, "threshold": "target bounding box (trg_bndbox)"}
+        if self.categories:
+            out["categories"] = list(self.categories)
+        lists = _dhf_lists()
+        if self.split in lists or self.pairs_file is not None:
+            from corrbench.download import sha256_file
+
+            path = self._resolved_list or self.pairs_file
+            out["pair_list"] = str(path) if path else None
+            if self.split in lists:
+                out["pair_list_name"] = lists[self.split].filename
+                from .dhf_lists import list_url
+
+                out["pair_list_source"] = list_url(self.split)
+            if path is not None and Path(path).is_file():
+                out["pair_list_sha256"] = sha256_file(path)
+            out["metadata_joined_from"] = f"PairAnnotation/{self._metadata_split()}"
+            out["metadata_joined_pairs"] = self._joined
+        else:
+            out["pair_list"] = f"Layout/{self.layout}/{self.split}.txt"
+        return out
+
+    def info(self) -> dict[str, Any]:
+        out = super().info()
+        out.update(source=self.url, licence=self.licence, layout=self.layout,
+                   difficulty_flags=list(self.difficulty_flags))
+        counts = {}
+        for split in STANDARD_SPLITS:
+            try:
+                counts[split] = len(read_layout(self.root, split, self.layout))
+            except DataError:
+                counts[split] = None
+        out["pairs"] = counts
+        out["dhf_lists"] = {s: {"file": d.filename, "sha256": d.sha256, "pairs": d.n_pairs}
+                            for s, d in _dhf_lists().items()}
+        return out
+
+    def verify_layout(self) -> dict[str, Any]:
+        """Layout and count check for ``corrbench data verify``: what is missing, what differs."""
+        problems: list[str] = []
+        notes: list[str] = []
+        counts: dict[str, Any] = {}
+        root = self.root
+        if not root.is_dir():
+            return {"problems": [f"{root}: dataset root does not exist. {self.how_to_get}"], "counts": {},
+                    "notes": []}
+        for sub in ("JPEGImages", "PairAnnotation", "Layout"):
+            if not (root / sub).is_dir():
+                problems.append(f"{root / sub}: folder is missing")
+        if (root / "JPEGImages").is_dir():
+            cats = sorted(p.name for p in (root / "JPEGImages").iterdir() if p.is_dir())
+            n_img = sum(1 for c in cats for _ in (root / "JPEGImages" / c).glob("*.jpg"))
+            counts["categories"], counts["images"] = len(cats), n_img
+            missing = [c for c in SPAIR_CATEGORIES if c not in cats]
+            if missing:
+                notes.append(f"JPEGImages has no folder for {', '.join(missing)}")
+            if n_img != EXPECTED_IMAGES:
+                notes.append(f"{n_img} images (the full dataset has {EXPECTED_IMAGES})")
+        for split in STANDARD_SPLITS:
+            lf = layout_file(root, split, self.layout)
+            pdir = root / "PairAnnotation" / split
+            if not lf.is_file():
+                problems.append(f"{lf}: pair list is missing")
+                continue
+            if not pdir.is_dir():
+                problems.append(f"{pdir}: folder is missing")
+                continue
+            stems = read_layout(root, split, self.layout)
+            present = {p.name[:-5] for p in pdir.glob("*.json")}
+            absent = [s for s in stems if s not in present]
+            counts[split] = len(stems)
+            if absent:
+                shown = ", ".join(f"{s}.json" for s in absent[:5])
+                problems.append(f"{pdir}: {len(absent)} pair file(s) listed in {lf.name} are missing: {shown}"
+                                + (" ..." if len(absent) > 5 else ""))
+            if self.layout == "large" and len(stems) != EXPECTED_PAIRS[split]:
+                notes.append(f"{split}: {len(stems)} pairs listed (published count {EXPECTED_PAIRS[split]})")
+        return {"problems": problems, "counts": counts, "notes": notes}
+
+    # -- download ----------------------------------------------------------------------------
+    def download(self, url: str | None = None, sha256: str | None = None, keep_archive: bool = False,
+                 progress: bool = True) -> dict[str, Any]:
+        """Download and install SPair-71k into ``self.root``, then fetch the DHF 360-pair lists."""
+        import os
+
+        from ._archive import download_archive_dataset
+        from .dhf_lists import resolve_dhf_list
+
+        result = download_archive_dataset(
+            url=url or os.environ.get("CORRBENCH_SPAIR_URL") or self.url, sha256=sha256 or self.sha256,
+            target=self.root, inner="SPair-71k", keep_archive=keep_archive, progress=progress)
+        result["dhf_lists"] = {s: str(resolve_dhf_list(s, self.root, progress=progress)) for s in _dhf_lists()}
+        return result
+
+
+def _dhf_lists():
+    from .dhf_lists import DHF_LISTS
+
+    return DHF_LISTS
