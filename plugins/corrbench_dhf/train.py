@@ -1,0 +1,346 @@
+"""Training the aggregation network (paper-protocol §5), resumable and testable with fake features.
+
+One step = one image pair: both images go through the feature source (the SD inversion in real use),
+whose captured maps stream into the network with autograd on; the loss is the CLIP-style symmetric
+cross-entropy over the output grid (cosine logits × 1/0.07); AdamW with the mixing weights and the
+bottlenecks as two groups. Checkpoints (official format) every ``ckpt_every`` steps and at the end
+hold everything needed to resume exactly: network, optimiser, step, RNG state, and the data order
+(a pure function of ``seed`` and the step, so the position is the step).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Protocol, Sequence
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from corrbench.api import Pair, Preprocess
+from corrbench.errors import DataError, UsageError
+
+from . import checkpoint as ck
+from .network import AggregationNetwork, StreamingAggregator, cosine_logits
+
+Consume = Callable[[int, int, torch.Tensor], None]
+
+
+class FeatureSource(Protocol):
+    """What training needs from a feature extractor (the SD inversion, or a fake in tests)."""
+
+    layer_channels: list[int]
+    num_timesteps: int
+    output_resolution: int
+
+    def run(self, images: torch.Tensor, consume: Consume) -> None:
+        """Call ``consume(timestep_slot, layer, feat B×C×R×R)`` for every map of ``images`` (B×3×H×W in [0, 1])."""
+
+    def describe(self) -> dict[str, Any]:
+        """Facts recorded in the checkpoint's config (model id, save indices...)."""
+
+
+# -- the objective ------------------------------------------------------------------------------------
+def points_to_cells(points_xy: np.ndarray, size_wh: tuple[int, int], resolution: int) -> torch.Tensor:
+    """Flat indices on the R×R grid of original-pixel (x, y) points.
+
+    As the official code: scale by R/W and R/H (no half-pixel offset), clip to [0, R−1], round.
+    """
+    W, H = size_wh
+    pts = np.asarray(points_xy, dtype=np.float64).reshape(-1, 2)
+    x = np.round(np.clip(pts[:, 0] * resolution / W, 0, resolution - 1))
+    y = np.round(np.clip(pts[:, 1] * resolution / H, 0, resolution - 1))
+    return torch.from_numpy((y * resolution + x).astype(np.int64))
+
+
+def clip_loss(source_map: torch.Tensor, target_map: torch.Tensor, source_cells: torch.Tensor,
+              target_cells: torch.Tensor, logit_scale: float) -> torch.Tensor:
+    """Symmetric cross-entropy: each source keypoint classifies its target cell among all cells, and back."""
+    src = source_map.flatten(1).T  # (R·R) × C
+    tgt = target_map.flatten(1).T
+    source_cells = source_cells.to(src.device)
+    target_cells = target_cells.to(src.device)
+    forward = F.cross_entropy(cosine_logits(src[source_cells], tgt, logit_scale), target_cells)
+    backward = F.cross_entropy(cosine_logits(tgt[target_cells], src, logit_scale), source_cells)
+    return (forward + backward) / 2
+
+
+# -- data ----------------------------------------------------------------------------------------------
+def load_pair_images(pair: Pair, load_size: int) -> tuple[torch.Tensor, tuple[int, int], tuple[int, int]]:
+    """The pair as a 2×3×S×S batch (square PIL-bilinear resize) plus each image's original (W, H)."""
+    from corrbench.images import load_rgb, to_input
+
+    prep = Preprocess(load_size=load_size, resize="square", resample="bilinear")
+    arrays, sizes = [], []
+    for path in (pair.source, pair.target):
+        img = load_rgb(path)
+        sizes.append(img.size)
+        arrays.append(to_input(img, prep))
+    return torch.from_numpy(np.stack(arrays)), sizes[0], sizes[1]
+
+
+def data_order(n_pairs: int, step: int, seed: int) -> int:
+    """Index of the pair used at ``step``: epoch e walks ``RandomState(seed + e).permutation(n)``.
+
+    Epoch 0 with seed 0 is the official order (``np.random.seed(0)`` then a permutation).
+    """
+    epoch, pos = divmod(step, n_pairs)
+    return int(np.random.RandomState(seed + epoch).permutation(n_pairs)[pos])
+
+
+# -- validation ------------------------------------------------------------------------------------------
+def describe_images(network: AggregationNetwork, source: FeatureSource, images: torch.Tensor) -> torch.Tensor:
+    """Hyperfeature maps of a batch without autograd (validation, extraction)."""
+    with torch.inference_mode():
+        agg = StreamingAggregator(network)
+        source.run(images, agg)
+        return agg.result()
+
+
+def validate(network: AggregationNetwork, source: FeatureSource, pairs: Sequence[Pair], load_size: int,
+             device: str, alpha: float = 0.1) -> dict[str, float]:
+    """PCK@α (bbox and img, pooled over keypoints, original target frame) with the paper's NN readout."""
+    from corrbench.api import FeatureGrid
+    from corrbench.images import to_load, to_original
+    from corrbench.metrics import correct
+    from corrbench.readout import nn_transfer
+
+    was_training = network.training
+    network.eval()
+    hits = {"bbox": [], "img": []}
+    try:
+        for pair in pairs:
+            images, s_size, t_size = load_pair_images(pair, load_size)
+            maps = describe_images(network, source, images.to(device))
+            hw = (load_size, load_size)
+            grid = FeatureGrid.spanning(hw, tuple(maps.shape[-2:]))
+            src = torch.from_numpy(to_load(pair.source_points, s_size, hw))
+            pred = to_original(nn_transfer(maps[0], maps[1], grid, grid, hw, hw, src).cpu().numpy(), t_size, hw)
+            dist = np.linalg.norm(pred - pair.target_points, axis=1)
+            l_img = float(max(t_size))
+            hits["img"].append(correct(dist, np.full(len(dist), alpha * l_img)))
+            if pair.target_box is not None:
+                l, t, r, b = pair.target_box
+                hits["bbox"].append(correct(dist, np.full(len(dist), alpha * max(r - l, b - t))))
+    finally:
+        network.train(was_training)
+    out = {}
+    for norm, parts in hits.items():
+        if parts:
+            out[f"pck@{alpha:.2f}_{norm}"] = 100.0 * float(np.concatenate(parts).mean())
+    out["n_pairs"] = len(pairs)
+    out["n_keypoints"] = int(sum(len(p) for p in hits["img"]))
+    return out
+
+
+# -- the loop --------------------------------------------------------------------------------------------
+@dataclass
+class TrainSettings:
+    """Everything that defines a training run (recorded in every checkpoint's config)."""
+
+    steps: int = 5000
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    load_size: int = 64
+    seed: int = 0
+    ckpt_every: int = 1000
+    val_every: int = 1000
+    val_load_size: int | None = None  # default: load_size
+    projection_dim: int = 384
+    num_norm_groups: int = 32
+    device: str = "cpu"
+    extra: dict[str, Any] = field(default_factory=dict)  # dataset, split, source facts... for the record
+
+
+_CKPT_NAME = re.compile(r"^checkpoint_step_(\d+)\.pt$")
+
+
+def latest_checkpoint(out_dir: Path) -> Path | None:
+    found = [(int(m.group(1)), p) for p in Path(out_dir).glob("checkpoint_step_*.pt")
+             if (m := _CKPT_NAME.match(p.name))]
+    return max(found)[1] if found else None
+
+
+class MetricsLog:
+    """Append-only JSONL of training metrics; on resume, lines after the checkpoint's step are dropped."""
+
+    def __init__(self, path: Path, resume_step: int | None, wandb_run: Any = None):
+        self.path = path
+        self.wandb = wandb_run
+        if resume_step is None:
+            path.write_text("")
+        else:
+            kept = []
+            if path.exists():
+                for line in path.read_text().splitlines():
+                    try:
+                        if json.loads(line).get("step", 0) <= resume_step:
+                            kept.append(line)
+                    except json.JSONDecodeError:  # a line cut by the interruption
+                        continue
+            path.write_text("".join(k + "\n" for k in kept))
+
+    def write(self, row: dict[str, Any]) -> None:
+        with open(self.path, "a") as fh:
+            fh.write(json.dumps(row) + "\n")
+        if self.wandb is not None:
+            self.wandb.log({k: v for k, v in row.items() if k != "step"}, step=row["step"])
+
+
+def build_optimizer(network: AggregationNetwork, settings: TrainSettings) -> torch.optim.Optimizer:
+    # two groups as the official code (mixing weights; bottlenecks), same lr, weight decay 0
+    bottleneck = [p for n, p in network.named_parameters() if n != "mixing_weights"]
+    return torch.optim.AdamW(
+        [{"params": [network.mixing_weights], "lr": settings.lr},
+         {"params": bottleneck, "lr": settings.lr}],
+        lr=settings.lr, weight_decay=settings.weight_decay)
+
+
+def official_config(settings: TrainSettings, source: FeatureSource) -> dict[str, Any]:
+    """The checkpoint's ``config``: the official key names where one exists, then corrbench's extras."""
+    facts = source.describe()
+    return {
+        **facts,
+        "load_resolution": settings.load_size,
+        "output_resolution": source.output_resolution,
+        "projection_dim": settings.projection_dim,
+        "num_norm_groups": settings.num_norm_groups,
+        "lr": settings.lr,
+        "weight_decay": settings.weight_decay,
+        "batch_size": 2,
+        "max_steps_per_epoch": settings.steps,
+        "max_epochs": 1,
+        "val_every_n_steps": settings.val_every,
+        "save_every_n_steps": settings.ckpt_every,
+        "seed": settings.seed,
+        **settings.extra,
+    }
+
+
+def train(source: FeatureSource, pairs: Sequence[Pair], out_dir: str | os.PathLike, settings: TrainSettings, *,
+          val_pairs: Sequence[Pair] = (), resume: bool | str | os.PathLike = False, progress: bool = True,
+          wandb_run: Any = None, stop_after: int | None = None) -> dict[str, Any]:
+    """Train and return a summary (final loss, validation history, checkpoint paths).
+
+    ``resume``: ``True`` continues from the newest ``checkpoint_step_*.pt`` in ``out_dir`` (a fresh start
+    when there is none), a path continues from that file. ``stop_after`` ends the loop early after that
+    many steps of this call (an interruption, for tests), without the final checkpoint.
+    """
+    from tqdm.auto import tqdm
+
+    if not pairs:
+        raise DataError("no training pairs")
+    if settings.steps < 1:
+        raise UsageError(f"--steps must be at least 1, got {settings.steps}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    device = settings.device
+    config = official_config(settings, source)
+
+    resume_from: Path | None = None
+    if resume:
+        resume_from = latest_checkpoint(out) if resume is True else Path(resume)
+    torch.manual_seed(settings.seed)  # network initialisation
+    network = AggregationNetwork(source.layer_channels, source.num_timesteps, projection_dim=settings.projection_dim,
+                                 num_norm_groups=settings.num_norm_groups)
+    optimizer = build_optimizer(network, settings)
+    step = 0
+    best = {"value": -math.inf, "step": None}
+    if resume_from is not None:
+        state = ck.load_checkpoint(resume_from)
+        ck.load_state_dict(network, state.state_dict, str(resume_from))
+        if not state.optimizer_state:
+            raise UsageError(f"{resume_from} has no optimizer state; cannot resume from it")
+        network.to(device)
+        optimizer.load_state_dict(state.optimizer_state)
+        step = int(state.step or 0)
+        extra = state.extra
+        if "rng_cpu" in extra:
+            torch.set_rng_state(extra["rng_cpu"])
+        if "rng_cuda" in extra and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(extra["rng_cuda"])
+        best = {"value": float(extra.get("best_value", -math.inf)), "step": extra.get("best_step")}
+        for key in ("seed",):  # the data order depends on it; a longer --steps is fine
+            if key in extra and extra[key] != getattr(settings, key):
+                raise UsageError(f"{resume_from} was trained with {key}={extra[key]}, this run asks for "
+                                 f"{getattr(settings, key)}; resume with the same settings")
+    network.to(device).train()
+    log = MetricsLog(out / "metrics.jsonl", step if resume_from is not None else None, wandb_run)
+    val_load = settings.val_load_size or settings.load_size
+
+    def save(at_step: int) -> Path:
+        extra = {"rng_cpu": torch.get_rng_state(), "seed": settings.seed, "steps": settings.steps,
+                 "data_position": at_step, "n_pairs": len(pairs),
+                 "best_value": best["value"], "best_step": best["step"]}
+        if torch.cuda.is_available() and device.startswith("cuda"):
+            extra["rng_cuda"] = torch.cuda.get_rng_state_all()
+        return ck.save_checkpoint(out / f"checkpoint_step_{at_step}.pt", network, config=config, step=at_step,
+                                  optimizer_state=optimizer.state_dict(), extra=extra)
+
+    history: list[dict[str, Any]] = []
+    last_loss = float("nan")
+    started = step
+    bar = tqdm(total=settings.steps, initial=step, desc="train dhf", unit="pair", disable=not progress or None)
+    t0 = time.perf_counter()
+    while step < settings.steps:
+        if stop_after is not None and step - started >= stop_after:
+            bar.close()
+            return {"interrupted_at": step, "out_dir": str(out)}
+        pair = pairs[data_order(len(pairs), step, settings.seed)]
+        images, s_size, t_size = load_pair_images(pair, settings.load_size)
+        agg = StreamingAggregator(network, track_grad=True)
+        source.run(images.to(device), agg)
+        maps = agg.result()
+        R = maps.shape[-1]
+        loss = clip_loss(maps[0], maps[1], points_to_cells(pair.source_points, s_size, R),
+                         points_to_cells(pair.target_points, t_size, R), float(network.logit_scale.exp()))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        step += 1
+        last_loss = float(loss.detach())
+        log.write({"step": step, "loss": last_loss, "pair": pair.id, "lr": optimizer.param_groups[0]["lr"],
+                   "seconds": time.perf_counter() - t0})
+        bar.set_postfix(loss=f"{last_loss:.4f}")
+        bar.update(1)
+        if val_pairs and (step % settings.val_every == 0 or step == settings.steps):
+            scores = validate(network, source, val_pairs, val_load, device)
+            scores["step"] = step
+            history.append(scores)
+            log.write({"step": step, **{f"val_{k}": v for k, v in scores.items() if k != "step"}})
+            key = "pck@0.10_bbox" if "pck@0.10_bbox" in scores else "pck@0.10_img"
+            if scores[key] > best["value"]:
+                best = {"value": scores[key], "step": step}
+                ck.save_checkpoint(out / "best.pt", network, config={**config, "best_metric": key}, step=step)
+            bar.write(f"step {step}: loss {last_loss:.4f}, val {key} {scores[key]:.2f}")
+        if step % settings.ckpt_every == 0 or step == settings.steps:
+            save(step)
+    bar.close()
+    final = out / "aggregation_network.pt"
+    shutil.copyfile(out / f"checkpoint_step_{step}.pt", final)
+    ck.save_safetensors(out / "aggregation_network.safetensors", network, config=config, step=step)
+    return {"out_dir": str(out), "steps": step, "final_loss": last_loss, "validation": history,
+            "best": best, "checkpoint": str(final), "config": config}
+
+
+def settings_dict(settings: TrainSettings) -> dict[str, Any]:
+    return asdict(settings)
+
+
+def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def mean_loss(rows: Iterable[dict[str, Any]], first: int, last: int) -> float:
+    """Mean training loss over steps ``first..last`` (inclusive) of a metrics log."""
+    vals = [r["loss"] for r in rows if "loss" in r and first <= r["step"] <= last]
+    if not vals:
+        raise ValueError(f"no loss rows between steps {first} and {last}")
+    return float(np.mean(vals))
