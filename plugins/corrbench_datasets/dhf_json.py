@@ -67,6 +67,8 @@ def parse_dhf_entry(obj: Any, index: int, path: Path, image_root: Path) -> Pair:
     if "keypoint_ids" in obj:
         if len(src_pts) != len(trg_pts):
             raise DataError(f"{where}: {len(src_pts)} source_points but {len(trg_pts)} target_points")
+        if len(src_pts) == 0:
+            raise DataError(f"{where}: no keypoints (empty source_points and target_points)")
         metadata["keypoint_ids"] = F.id_list(obj["keypoint_ids"], len(src_pts), "keypoint_ids", where)
     return Pair(
         id=pair_id(index, src, trg, category),

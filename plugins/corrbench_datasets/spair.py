@@ -90,6 +90,8 @@ def parse_pair_annotation(data: Any, path: Path, images: Path, pair_id: str,
     if "kps_ids" in data:
         if len(src_kps) != len(trg_kps):  # report the real problem rather than a kps_ids length mismatch
             raise F.fail(path, f"{len(src_kps)} src_kps but {len(trg_kps)} trg_kps")
+        if len(src_kps) == 0:
+            raise F.fail(path, "no keypoints (empty src_kps and trg_kps)")
         metadata["keypoint_ids"] = F.id_list(data["kps_ids"], len(src_kps), "kps_ids", path)
     for key, meta in (("src_pose", "source_pose"), ("trg_pose", "target_pose")):
         if key in data:
