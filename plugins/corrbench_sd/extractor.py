@@ -1,0 +1,228 @@
+"""Stable Diffusion decoder features during DDIM inversion (real images) or generation (prompts).
+
+Exactly DHF's pipeline (paper-protocol §2, §8): images in [0, 1] → [−1, 1] → bilinear to
+``image_size`` (512) → VAE encode, seeded sample (or mode) × scaling factor (0.18215) → ``num_steps``
+(50) DDIM inversion steps with η = 0, empty prompt, no guidance, UNet timestep −1 at the first step →
+forward hooks on ``up_blocks[i].resnets[j].conv2`` → each map bilinearly resized to
+``output_resolution`` (64) → ``consume(slot, layer_position, feature)``.
+
+The consumer decides what to keep: a raw-feature method copies one map, DHF's streaming aggregator
+runs each map through its bottleneck at once, so the 11 × 10,560-channel stack never exists.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+from corrbench.errors import UsageError
+
+from .configs import SD15, SD21
+from .ddim import DDIMSchedule, Step, ddim_update
+from .hooks import Conv2Capture, StopForward, check_layers
+from .loading import SDComponents, get_components
+
+__all__ = ["LAYERS", "PAPER_SAVE_INDICES", "SD15", "SD21", "SDFeatureExtractor", "LATENT_MODES"]
+
+#: DHF's 12 decoder layers, named 1 … 12 in this order (paper-protocol §2.4).
+LAYERS: tuple[tuple[int, int], ...] = ((0, 0), (0, 1), (0, 2), (1, 0), (1, 1), (1, 2),
+                                       (2, 0), (2, 1), (2, 2), (3, 0), (3, 1), (3, 2))
+#: DHF's saved step indices, clean first (slot s = position in this tuple; UNet t = −1, 60, …, 960).
+PAPER_SAVE_INDICES: tuple[int, ...] = (49, 45, 40, 35, 30, 25, 20, 15, 10, 5, 0)
+LATENT_MODES = ("sample", "mode")
+
+Consume = Callable[[int, int, "object"], None]
+
+
+class SDFeatureExtractor:
+    """Captures SD decoder features; see the module docstring for the exact semantics.
+
+    Args:
+        model: hub id (``SD15``, ``SD21``) or a local diffusers folder.
+        device: torch device string.
+        dtype: ``auto`` (float16 on CUDA, float32 on CPU), ``float16``, ``bfloat16`` or ``float32``.
+        latent: ``sample`` (a seeded draw from the VAE posterior, DHF's choice) or ``mode`` (its mean).
+        seed: seed of the posterior draw. Every image gets the draw of a generator seeded with ``seed``,
+            so an image's features do not depend on the batch it is in (the feature cache relies on this).
+        num_steps: DDIM steps (paper: 50).
+        image_size: side of the square UNet input image (paper: 512; the latent is ``image_size / 8``).
+        output_resolution: side of the resized feature maps (paper: 64).
+        weights: ``pretrained`` or ``random`` (the architecture with random weights, for offline tests).
+
+    ``consume`` runs inside the UNet forward. When the caller is in ``torch.inference_mode`` it runs
+    there too and gets inference tensors; otherwise it runs outside inference mode, in the caller's
+    grad mode, on a fresh copy of the feature (so a trainer can feed it to modules that need autograd).
+    """
+
+    def __init__(self, model: str = SD15, *, device: str = "cpu", dtype: str = "auto", latent: str = "sample",
+                 seed: int = 0, num_steps: int = 50, image_size: int = 512, output_resolution: int = 64,
+                 weights: str = "pretrained"):
+        if latent not in LATENT_MODES:
+            raise UsageError(f"sd.latent {latent!r} is not one of {', '.join(LATENT_MODES)}")
+        if int(image_size) < 8 or int(image_size) % 8:
+            raise UsageError(f"sd.image_size must be a positive multiple of 8, got {image_size}")
+        if int(output_resolution) < 1:
+            raise UsageError(f"sd.output_resolution must be positive, got {output_resolution}")
+        self.model = str(model)
+        self.device = str(device)
+        self.dtype = dtype
+        self.latent = latent
+        self.seed = int(seed)
+        self.image_size = int(image_size)
+        self.output_resolution = int(output_resolution)
+        self.weights = weights
+        self.schedule = DDIMSchedule(num_steps)
+        self.num_steps = self.schedule.num_steps
+        self._components: SDComponents | None = None
+
+    # -- model ------------------------------------------------------------------------------------
+    @property
+    def components(self) -> SDComponents:
+        if self._components is None:
+            self._components = get_components(self.model, weights=self.weights, device=self.device, dtype=self.dtype)
+        return self._components
+
+    @property
+    def unet(self):
+        return self.components.unet
+
+    def layer_channels(self, layers: Sequence[tuple[int, int]] = LAYERS) -> list[int]:
+        """Channels of each hooked conv2 output (SD-1.5/2.1: 1280 × 6, 640 × 3, 320 × 3)."""
+        unet = self.unet
+        return [unet.get_submodule(f"up_blocks.{i}.resnets.{j}.conv2").out_channels
+                for i, j in check_layers(unet, layers)]
+
+    # -- encoding -----------------------------------------------------------------------------------
+    def encode(self, images):
+        """B×3×H×W in [0, 1] → float32 latents × scaling factor (B×4×image_size/8×image_size/8)."""
+        import torch
+        import torch.nn.functional as F
+
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise UsageError(f"SD extractor input must be B×3×H×W, got {tuple(images.shape)}")
+        comps = self.components
+        vae = comps.vae
+        x = images.to(device=self.device, dtype=torch.float32) * 2.0 - 1.0
+        if x.shape[-2:] != (self.image_size, self.image_size):
+            # DHF: F.interpolate(..., mode="bilinear") without antialias (pitfall P14)
+            x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False)
+        posterior = vae.encode(x.to(vae.dtype)).latent_dist
+        if self.latent == "mode":
+            z = posterior.mode()
+        else:
+            # the same seeded draw for every image, from a CPU generator: batch- and device-independent
+            gen = torch.Generator("cpu")
+            noise = []
+            for _ in range(x.shape[0]):
+                gen.manual_seed(self.seed)
+                noise.append(torch.randn(posterior.mean.shape[1:], generator=gen, dtype=torch.float32))
+            eps = torch.stack(noise).to(device=self.device, dtype=posterior.mean.dtype)
+            z = posterior.mean + posterior.std * eps
+        return z.float() * comps.scaling_factor
+
+    # -- inversion ----------------------------------------------------------------------------------
+    def invert(self, images, *, save_indices: Sequence[int] = PAPER_SAVE_INDICES,
+               layers: Sequence[tuple[int, int]] = LAYERS, consume: Consume) -> None:
+        """DDIM-invert ``images`` and call ``consume(slot, layer_position, feature)`` for every saved map.
+
+        ``slot`` is the position of the step's index in ``save_indices``; ``feature`` is B×C×R×R float32.
+        Steps after the last saved one are not run (nothing could observe them), and the UNet forward
+        of that step stops after the deepest requested layer.
+        """
+        import torch
+
+        indices = self.schedule.check_indices(save_indices)
+        layers = check_layers(self.unet, layers)
+        if not indices or not layers:
+            return
+        capture = self._capture(layers, consume)
+        slot_of = {k: s for s, k in enumerate(indices)}
+        steps = self.schedule.inversion_steps()
+        steps = steps[: self.num_steps - min(indices)]  # up to the step of the smallest saved index
+        with torch.inference_mode(), capture.attached(self.unet):
+            x = self.encode(images)
+            context = self.components.text_embeddings([""]).expand(x.shape[0], -1, -1)
+            for n, step in enumerate(steps):
+                capture.slot = slot_of.get(step.index)
+                last = n == len(steps) - 1
+                capture.stop_after = capture.deepest() if last else None
+                eps = self._unet(x, step, context, stop=last)
+                if not last:
+                    x = ddim_update(x, eps, step)
+
+    def one_step(self, images, *, layers: Sequence[tuple[int, int]] = LAYERS, consume: Consume) -> None:
+        """Only the clean pass (UNet at t = −1 on the clean latent), reported as slot 0."""
+        self.invert(images, save_indices=(self.num_steps - 1,), layers=layers, consume=consume)
+
+    # -- generation ---------------------------------------------------------------------------------
+    def generate(self, prompts: list[str], *, negative_prompt: str = "", guidance: float = 7.5, seed: int = 0,
+                 save_indices: Sequence[int] = PAPER_SAVE_INDICES, layers: Sequence[tuple[int, int]] = LAYERS,
+                 consume: Consume):
+        """Generate one image per prompt (DDIM, η = 0) and capture features of the conditional pass.
+
+        Generation step i runs the UNet at t = 980 − 20 i (50 steps) and stores index k = i; slots follow
+        ``save_indices``, so with the paper's indices slot 0 is the last, cleanest step (t = 0) and the
+        slots line up with inversion order (paper-protocol §8, pitfall P9: t = 0, 80, …, 980 against
+        inversion's −1, 60, …, 960). Classifier-free guidance runs the unconditional and conditional
+        passes as one batch; ``guidance`` < 0 (DHF's −1) or = 1 runs the conditional pass alone.
+        Returns the decoded images, B×3×image_size×image_size float32 in [0, 1].
+        """
+        import torch
+
+        if isinstance(prompts, str):
+            prompts = [prompts]
+        prompts = list(prompts)
+        if not prompts:
+            raise UsageError("generate needs at least one prompt")
+        indices = self.schedule.check_indices(save_indices)
+        layers = check_layers(self.unet, layers)
+        comps = self.components
+        B = len(prompts)
+        use_cfg = not (guidance < 0 or guidance == 1)
+        capture = self._capture(layers, consume)
+        slot_of = {k: s for s, k in enumerate(indices)}
+        side = self.image_size // self._vae_factor()
+        with torch.inference_mode(), capture.attached(self.unet):
+            cond = comps.text_embeddings(prompts, keep_encoder=True)
+            if use_cfg:
+                uncond = comps.text_embeddings([negative_prompt] * B, keep_encoder=True)
+                context = torch.cat([uncond, cond])
+                capture.batch_slice = slice(B, None)  # features of the conditional pass only
+            else:
+                context = cond
+            gen = torch.Generator("cpu").manual_seed(int(seed))
+            x = torch.randn((B, 4, side, side), generator=gen, dtype=torch.float32).to(self.device)
+            for step in self.schedule.generation_steps():
+                capture.slot = slot_of.get(step.index) if layers else None
+                if use_cfg:
+                    eps_u, eps_c = self._unet(torch.cat([x, x]), step, context, stop=False).chunk(2)
+                    eps = eps_u + guidance * (eps_c - eps_u)
+                else:
+                    eps = self._unet(x, step, context, stop=False)
+                x = ddim_update(x, eps, step)
+            vae = comps.decoder_vae()
+            decoded = vae.decode((x / comps.scaling_factor).to(vae.dtype)).sample
+            images = (decoded.float() / 2 + 0.5).clamp(0, 1)
+        return images
+
+    # -- internals ----------------------------------------------------------------------------------
+    def _vae_factor(self) -> int:
+        return 2 ** (len(self.components.vae.config.block_out_channels) - 1)
+
+    def _capture(self, layers, consume) -> Conv2Capture:
+        import torch
+
+        grad_mode = None if torch.is_inference_mode_enabled() else torch.is_grad_enabled()
+        return Conv2Capture(layers, consume, self.output_resolution, grad_mode=grad_mode)
+
+    def _unet(self, x, step: Step, context, *, stop: bool):
+        """One UNet call at ``step.t`` (float32 ε out); with ``stop``, a StopForward ends it early."""
+        import torch
+
+        unet = self.unet
+        t = torch.full((x.shape[0],), float(step.t), device=x.device, dtype=torch.float32)
+        try:
+            return unet(x.to(unet.dtype), t, encoder_hidden_states=context).sample.float()
+        except StopForward:
+            if not stop:  # pragma: no cover - stop_after is only set on the last step
+                raise
+            return None
