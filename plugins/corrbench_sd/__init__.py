@@ -1,1 +1,19 @@
-"""Built-in Stable Diffusion feature methods (work in progress)."""
+"""Built-in Stable Diffusion feature methods: ``sd-layer-4``, ``sd-concat-all`` and ``sd-layer``.
+
+The extractor (:mod:`corrbench_sd.extractor`) captures the conv2 outputs of the UNet decoder's 12
+resnets during DDIM inversion of a real image, or during generation, exactly as Diffusion Hyperfeatures
+does; the methods here match those raw maps directly. Registration is lazy: listing methods imports
+neither torch nor diffusers.
+"""
+
+import corrbench
+
+
+@corrbench.hookimpl
+def register_methods(register):
+    register("sd-layer-4", "corrbench_sd.methods:SDLayer4", extras=("sd",),
+             description="SD-Layer-4 (DHF table): raw conv2 map of up_blocks[1].resnets[0], clean pass t=-1")
+    register("sd-concat-all", "corrbench_sd.methods:SDConcatAll", extras=("sd",),
+             description="SD-Concat-All (DHF table): the 12 decoder conv2 maps of one timestep, concatenated")
+    register("sd-layer", "corrbench_sd.methods:SDLayer", extras=("sd",),
+             description="Raw SD decoder conv2 map of any up_blocks[i].resnets[j] at any inversion timestep")

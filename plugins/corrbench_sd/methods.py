@@ -1,0 +1,204 @@
+"""Raw Stable Diffusion feature descriptors: ``sd-layer-4``, ``sd-concat-all`` and ``sd-layer``.
+
+All three run the shared pipeline of paper-protocol §2 (square 224 load → 512 → VAE → DDIM inversion
+with conv2 hooks → 64 × 64 maps) and hand a B×C×64×64 map to the core's nearest-neighbour readout,
+which upsamples it bilinearly to the load size exactly as DHF does (a spanning FeatureGrid).
+
+Keys shared by every SD-based method (also DHF's) live in the ``sd`` namespace, so
+``--set sd.model=PATH`` reaches all of them: see :data:`SD_SHARED_DEFAULTS`.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import corrbench
+from corrbench.api import Preprocess
+from corrbench.errors import UsageError
+
+from .configs import SD15
+from .ddim import DDIMSchedule
+from .extractor import LAYERS, PAPER_SAVE_INDICES, SDFeatureExtractor
+
+#: Every key shared by SD-based methods, with its default (``--set sd.<key>=value``).
+SD_SHARED_DEFAULTS: dict[str, Any] = {
+    "model": SD15,  # hub id or local diffusers folder
+    "weights": "pretrained",  # or "random": the architecture with random weights (offline tests)
+    "dtype": "auto",  # float16 on CUDA, float32 on CPU
+    "latent": "sample",  # seeded VAE posterior draw (paper); "mode" = posterior mean
+    "seed": 0,  # seed of that draw
+    "num_steps": 50,  # DDIM inversion steps
+    "image_size": 512,  # UNet input side (224 load → bilinear → 512)
+    "output_resolution": 64,  # side of every captured map
+    "load_size": 224,  # the paper's test-time load size (square, PIL bilinear)
+    "raw_indices": list(PAPER_SAVE_INDICES),  # saved steps exported by `corrbench extract --raw`
+}
+SD_SHARED_KEYS: tuple[str, ...] = tuple(SD_SHARED_DEFAULTS)
+#: Extractor constructor arguments that come straight from the shared config.
+_EXTRACTOR_KEYS = ("model", "weights", "dtype", "latent", "seed", "num_steps", "image_size", "output_resolution")
+
+
+def make_extractor(config: dict[str, Any], device: str) -> SDFeatureExtractor:
+    """An :class:`SDFeatureExtractor` for a resolved method config (components are shared per process)."""
+    kwargs = {k: config[k] for k in _EXTRACTOR_KEYS if k in config}
+    for key in ("seed", "num_steps", "image_size", "output_resolution"):
+        if key in kwargs:
+            kwargs[key] = _as_int(kwargs[key], f"sd.{key}")
+    return SDFeatureExtractor(device=device, **kwargs)
+
+
+def _as_int(value: Any, what: str) -> int:
+    try:
+        if isinstance(value, bool) or float(value) != int(float(value)):
+            raise ValueError
+        return int(float(value))
+    except (TypeError, ValueError):
+        raise UsageError(f"{what} must be an integer, got {value!r}") from None
+
+
+def parse_block(value: Any, what: str = "block") -> tuple[int, int]:
+    """``[1, 0]``, ``(1, 0)``, ``"1,0"`` or ``"(1, 0)"`` → (1, 0)."""
+    if isinstance(value, str):
+        text = value.strip().strip("()[]")
+        try:
+            value = [int(v) for v in text.split(",")]
+        except ValueError:
+            raise UsageError(f"{what} {value!r} is not an (up_block, resnet) pair such as [1, 0]") from None
+    try:
+        i, j = (int(v) for v in value)
+    except (TypeError, ValueError):
+        raise UsageError(f"{what} {value!r} is not an (up_block, resnet) pair such as [1, 0]") from None
+    return i, j
+
+
+class SDDescriptor(corrbench.Descriptor):
+    """Base of the SD feature methods: shared config, preprocessing, weights identity and raw export."""
+
+    config_namespaces = {"sd": SD_SHARED_KEYS}
+    preprocess = Preprocess(load_size=224, resize="square", resample="bilinear")
+    # a 64 × 64 map has 1,280 (Layer-4) to 10,560 (Concat-All) channels: 10–86 MB per image in float16
+    cache_dtype = "float16"
+    default_config: dict[str, Any] = dict(SD_SHARED_DEFAULTS)
+
+    def __init__(self, config: dict[str, Any] | None = None, device: str = "cpu"):
+        super().__init__(config, device)
+        self.schedule = DDIMSchedule(_as_int(self.config["num_steps"], "sd.num_steps"))
+        self.raw_indices = self.schedule.check_indices(self.config["raw_indices"])
+        self.validate_config()
+
+    def validate_config(self) -> None:
+        """Check method-specific keys before anything is loaded (subclasses)."""
+
+    def setup(self) -> None:
+        self.extractor = make_extractor(self.config, self.device)
+        self.extractor.components  # load now, so a missing model fails before the first batch
+
+    def weights_identity(self) -> str:
+        from .loading import resolve_source, weights_identity
+
+        return weights_identity(resolve_source(self.config["model"]), str(self.config["weights"]))
+
+    def run_info(self) -> dict[str, Any]:
+        info: dict[str, Any] = {"sd_model": str(self.config["model"]), "weights": self.weights_identity(),
+                                "scheduler": "DDIM (paper config, eta=0, UNet t=-1 first)"}
+        extractor = getattr(self, "extractor", None)
+        if extractor is not None and extractor._components is not None:
+            comps = extractor.components
+            info.update(dtype=comps.dtype, device=comps.device, latent_scaling=comps.scaling_factor)
+        return info
+
+    def extract_raw(self, images):
+        """(B, S, C_total, R, R) float32 on the CPU: every saved step of ``raw_indices`` (inversion order),
+        the 12 layers concatenated along channels in DHF's order — the aggregation network's input."""
+        import torch
+
+        self.ensure_ready()
+        ex = self.extractor
+        channels = ex.layer_channels(LAYERS)
+        offsets = [sum(channels[:n]) for n in range(len(channels))]
+        R = ex.output_resolution
+        out = torch.empty((images.shape[0], len(self.raw_indices), sum(channels), R, R), dtype=torch.float32)
+
+        def consume(slot, position, feat):
+            c0 = offsets[position]
+            out[:, slot, c0:c0 + channels[position]] = feat.to("cpu")
+
+        ex.invert(images, save_indices=self.raw_indices, layers=LAYERS, consume=consume)
+        return out
+
+
+class _SingleTimestepMixin:
+    """``timestep``: a UNet timestep of the inversion (−1 = the clean one-step pass)."""
+
+    def timestep_index(self) -> int:
+        t = _as_int(self.config["timestep"], f"{self.name}.timestep")
+        return self.schedule.index_of_inversion_timestep(t)
+
+
+class SDLayer(_SingleTimestepMixin, SDDescriptor):
+    """The raw conv2 feature of one decoder resnet at one inversion timestep, resized to 64 × 64."""
+
+    name = "sd-layer"
+    description = "Raw SD decoder feature of any up_blocks[i].resnets[j] at any inversion timestep (config)"
+    default_config = {**SD_SHARED_DEFAULTS, "block": [1, 0], "timestep": -1}
+
+    def validate_config(self) -> None:
+        self.block = parse_block(self.config["block"], f"{self.name}.block")
+        self.index = self.timestep_index()
+
+    def extract(self, images):
+        found = {}
+        self.extractor.invert(images, save_indices=(self.index,), layers=(self.block,),
+                              consume=lambda slot, pos, feat: found.__setitem__("map", feat))
+        return found["map"]
+
+    def run_info(self) -> dict[str, Any]:
+        return {**super().run_info(), "block": list(self.block), "timestep": int(self.config["timestep"]),
+                "step_index": self.index, "hook": f"up_blocks.{self.block[0]}.resnets.{self.block[1]}.conv2"}
+
+
+class SDLayer4(SDLayer):
+    """The paper's SD-Layer-4 row: layer 4 = up_blocks[1].resnets[0], the clean one-step pass."""
+
+    name = "sd-layer-4"
+    description = "SD-Layer-4 (DHF table): raw conv2 feature of up_blocks[1].resnets[0], clean pass (t=-1)"
+
+
+class SDConcatAll(_SingleTimestepMixin, SDDescriptor):
+    """The paper's SD-Concat-All row: the 12 decoder maps of one timestep concatenated (10,560 channels)."""
+
+    name = "sd-concat-all"
+    description = "SD-Concat-All (DHF table): the 12 decoder conv2 maps of one timestep, concatenated"
+    default_config = {**SD_SHARED_DEFAULTS, "timestep": -1, "normalize": False}
+
+    def validate_config(self) -> None:
+        self.index = self.timestep_index()
+        normalize = self.config["normalize"]
+        if isinstance(normalize, str):
+            normalize = json.loads(normalize.lower()) if normalize.lower() in ("true", "false") else normalize
+        if not isinstance(normalize, bool):
+            raise UsageError(f"sd-concat-all.normalize must be true or false, got {self.config['normalize']!r}")
+        self.normalize = normalize
+
+    def extract(self, images):
+        import torch
+        import torch.nn.functional as F
+
+        ex = self.extractor
+        channels = ex.layer_channels(LAYERS)
+        offsets = [sum(channels[:n]) for n in range(len(channels))]
+        R = ex.output_resolution
+        out = torch.empty((images.shape[0], sum(channels), R, R), dtype=torch.float32, device=self.device)
+
+        def consume(slot, position, feat):
+            if self.normalize:  # L2 per layer and pixel, so no layer dominates the cosine by its norm
+                feat = F.normalize(feat, dim=1)
+            out[:, offsets[position]:offsets[position] + channels[position]] = feat
+
+        ex.invert(images, save_indices=(self.index,), layers=LAYERS, consume=consume)
+        return out
+
+    def run_info(self) -> dict[str, Any]:
+        return {**super().run_info(), "timestep": int(self.config["timestep"]), "step_index": self.index,
+                "normalize": self.normalize, "layers": [list(layer) for layer in LAYERS]}
