@@ -1,15 +1,25 @@
 """Nearest-neighbour keypoint transfer, exactly as DHF evaluates (paper-protocol.md §7.3).
 
-1. Both descriptor maps are bilinearly upsampled to their load size (``align_corners=False`` for maps
-   whose cells tile the image; any other :class:`FeatureGrid` is resampled at each pixel's position
-   in cell coordinates, clamped at the border).
-2. Source keypoints (load frame) are rounded and clipped; the source descriptor is read there.
-3. Cosine similarity against every target pixel; the argmax pixel is the prediction.
+The protocol: upsample both descriptor maps bilinearly to the load size (``align_corners=False``),
+read the source descriptor at the rounded, clipped keypoint, take the cosine argmax over every target
+pixel. Done naively that materialises a C × H × W map per image per pair (2 GB for SD-Concat-All at
+224²) and dominates the run time.
 
-The naive form materialises the C × H × W upsampled target map (2 GB for SD-Concat-All at 224²). Here
-the upsampling is linear and per channel, so the dot products and squared norms are accumulated over
-channel chunks: memory is bounded by ``chunk_bytes`` and the result equals the naive computation
-(``tests/test_readout.py`` checks both against each other).
+Bilinear upsampling is separable and linear: ``U(T) = A_y · T · A_xᵀ`` per channel, each row of
+``A`` holding at most two weights. Hence, without ever forming ``U(T)``:
+
+- the dot products ``s · U(T)`` are the bilinear upsampling of the low-resolution map ``s · T``;
+- the squared norms ``|U(T)[y, x]|²`` are a weighted sum of inner products between the (at most)
+  four neighbouring cells each output pixel mixes, computed once per map at feature resolution;
+- the source descriptor at a pixel mixes its four corner cells with the same weights.
+
+The cost drops from O(C·H·W) per pair to O(N·C·h·w + N·H·W), and the result equals the naive
+computation up to floating-point rounding (``tests/test_readout.py`` compares the two on maps of
+every grid kind, using torch's own ``interpolate`` and ``grid_sample`` as the reference).
+
+A :class:`FeatureGrid` places cell ``j`` at load pixel ``offset + j·stride``; a pixel's position in
+cell units is clamped to the map (border padding). For the default grid whose cells tile the image
+this is exactly ``F.interpolate(..., mode="bilinear", align_corners=False)``.
 """
 
 from __future__ import annotations
@@ -19,82 +29,128 @@ import torch.nn.functional as F
 
 from .api import FeatureGrid
 
-DEFAULT_CHUNK_BYTES = 32 * 2**20
+
+def axis_weights(out_size: int, in_size: int, stride: float, offset: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """For each output pixel: the lower input cell ``i0`` and the weight of cell ``i0 + 1``."""
+    u = (torch.arange(out_size, dtype=torch.float64) - offset) / stride
+    u = u.clamp(0, in_size - 1)
+    i0 = u.floor().long().clamp(max=in_size - 1)
+    return i0, u - i0
 
 
-def _sampling_grid(grid: FeatureGrid, load_hw: tuple[int, int], feat_hw: tuple[int, int],
-                   device: torch.device) -> torch.Tensor:
-    """grid_sample coordinates (align_corners=True) of every load pixel in the map's cell space."""
+def interpolation_matrix(out_size: int, in_size: int, stride: float, offset: float) -> torch.Tensor:
+    """The out × in matrix of the 1-D bilinear resampling (≤ 2 non-zeros per row)."""
+    i0, w1 = axis_weights(out_size, in_size, stride, offset)
+    m = torch.zeros(out_size, in_size + 1, dtype=torch.float64)
+    rows = torch.arange(out_size)
+    m[rows, i0] += 1 - w1
+    m[rows, i0 + 1] += w1  # column in_size only ever gets weight 0 (clamped at the border)
+    return m[:, :in_size]
+
+
+def _pad_replicate(t: torch.Tensor) -> torch.Tensor:
+    """C×h×w → C×(h+1)×(w+1) repeating the last row and column, so cell i0+1 always exists."""
+    return F.pad(t.unsqueeze(0), (0, 1, 0, 1), mode="replicate")[0]
+
+
+def _axes(grid: FeatureGrid, load_hw, feat_hw):
     (H, W), (h, w) = load_hw, feat_hw
-    xs = (torch.arange(W, dtype=torch.float64, device=device) - grid.offset_x) / grid.stride_x
-    ys = (torch.arange(H, dtype=torch.float64, device=device) - grid.offset_y) / grid.stride_y
-    gx = 2 * xs / (w - 1) - 1 if w > 1 else torch.zeros_like(xs)
-    gy = 2 * ys / (h - 1) - 1 if h > 1 else torch.zeros_like(ys)
-    yy, xx = torch.meshgrid(gy, gx, indexing="ij")
-    return torch.stack([xx, yy], dim=-1).unsqueeze(0)  # 1×H×W×2
+    i0, wy = axis_weights(H, h, grid.stride_y, grid.offset_y)
+    j0, wx = axis_weights(W, w, grid.stride_x, grid.offset_x)
+    return i0, wy, j0, wx
 
 
-def upsample(fmap: torch.Tensor, grid: FeatureGrid, load_hw: tuple[int, int],
-             sampling: torch.Tensor | None = None) -> torch.Tensor:
-    """C×h×w → C×H×W: the descriptor of every load-frame pixel."""
-    feat_hw = tuple(fmap.shape[-2:])
-    x = fmap.unsqueeze(0).float()
-    if grid.is_spanning(load_hw, feat_hw):
-        return F.interpolate(x, size=load_hw, mode="bilinear", align_corners=False)[0]
-    if sampling is None:
-        sampling = _sampling_grid(grid, load_hw, feat_hw, fmap.device)
-    return F.grid_sample(x, sampling.to(x.dtype), mode="bilinear", padding_mode="border", align_corners=True)[0]
+def target_norms(target_map: torch.Tensor, grid: FeatureGrid, load_hw: tuple[int, int]) -> torch.Tensor:
+    """|U(T)[y, x]| for every load pixel (H×W, float64), from neighbour inner products at feature resolution."""
+    t = _pad_replicate(target_map.double())
+    h, w = target_map.shape[-2:]
+    P, Q, R, S = t[:, :h, :w], t[:, :h, 1:], t[:, 1:, :w], t[:, 1:, 1:]
+    n = (t * t).sum(0)  # (h+1)×(w+1)
+    hprod = (t[:, :, :w] * t[:, :, 1:]).sum(0)  # row i, columns j and j+1
+    vprod = (t[:, :h, :] * t[:, 1:, :]).sum(0)  # column j, rows i and i+1
+    diag = (P * S).sum(0)
+    anti = (R * Q).sum(0)
+    i0, wy, j0, wx = _axes(grid, load_hw, (h, w))
+    I, J = i0[:, None], j0[None, :]
+    a, b = (1 - wy)[:, None], wy[:, None]  # weights of rows i0, i0+1
+    c, d = (1 - wx)[None, :], wx[None, :]  # weights of columns j0, j0+1
+    wP, wQ, wR, wS = a * c, a * d, b * c, b * d
+    norm2 = (wP * wP * n[I, J] + wQ * wQ * n[I, J + 1] + wR * wR * n[I + 1, J] + wS * wS * n[I + 1, J + 1]
+             + 2 * wP * wQ * hprod[I, J] + 2 * wR * wS * hprod[I + 1, J]
+             + 2 * wP * wR * vprod[I, J] + 2 * wQ * wS * vprod[I, J + 1]
+             + 2 * wP * wS * diag[I, J] + 2 * wQ * wR * anti[I, J])
+    return norm2.clamp_min(0).sqrt()
 
 
 def source_pixels(points_load: torch.Tensor, load_hw: tuple[int, int]) -> torch.Tensor:
     """Round and clip load-frame (x, y) points to integer pixels (N×2, long)."""
     H, W = load_hw
-    px = torch.round(points_load.double()).long()
+    px = torch.round(torch.as_tensor(points_load).double()).long()
     px[:, 0] = px[:, 0].clamp(0, W - 1)
     px[:, 1] = px[:, 1].clamp(0, H - 1)
     return px
 
 
+def sample_points(fmap: torch.Tensor, grid: FeatureGrid, load_hw: tuple[int, int], px: torch.Tensor) -> torch.Tensor:
+    """The upsampled descriptors U(F) at integer load pixels ``px`` (N×2 x, y) → N×C (float64)."""
+    h, w = fmap.shape[-2:]
+    i0, wy, j0, wx = _axes(grid, load_hw, (h, w))
+    t = _pad_replicate(fmap.double())
+    ys, xs = px[:, 1], px[:, 0]
+    I, J, b, d = i0[ys], j0[xs], wy[ys], wx[xs]
+    return (((1 - b) * (1 - d))[:, None] * t[:, I, J].T + ((1 - b) * d)[:, None] * t[:, I, J + 1].T
+            + (b * (1 - d))[:, None] * t[:, I + 1, J].T + (b * d)[:, None] * t[:, I + 1, J + 1].T)
+
+
 def nn_transfer(source_map: torch.Tensor, target_map: torch.Tensor,
                 source_grid: FeatureGrid, target_grid: FeatureGrid,
                 source_load_hw: tuple[int, int], target_load_hw: tuple[int, int],
-                source_points: torch.Tensor, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> torch.Tensor:
-    """Predicted target points (N×2 float, x then y, integer pixels of the target load frame)."""
-    C = source_map.shape[0]
-    if target_map.shape[0] != C:
-        raise ValueError(f"source map has {C} channels, target map {target_map.shape[0]}")
-    src_px = source_pixels(torch.as_tensor(source_points), source_load_hw).to(source_map.device)
-    Hs, Ws = source_load_hw
-    Ht, Wt = target_load_hw
-    per_channel = max(Hs * Ws, Ht * Wt) * 4
-    step = max(1, min(C, chunk_bytes // per_channel))
-    s_sampling = None if source_grid.is_spanning(source_load_hw, tuple(source_map.shape[-2:])) else \
-        _sampling_grid(source_grid, source_load_hw, tuple(source_map.shape[-2:]), source_map.device)
-    t_sampling = None if target_grid.is_spanning(target_load_hw, tuple(target_map.shape[-2:])) else \
-        _sampling_grid(target_grid, target_load_hw, tuple(target_map.shape[-2:]), target_map.device)
+                source_points: torch.Tensor, target_norm: torch.Tensor | None = None) -> torch.Tensor:
+    """Predicted target points (N×2 float64, x then y, integer pixels of the target load frame).
 
-    n = src_px.shape[0]
-    dots = torch.zeros(n, Ht * Wt, dtype=torch.float32, device=target_map.device)
-    t_norm2 = torch.zeros(Ht * Wt, dtype=torch.float32, device=target_map.device)
-    for c0 in range(0, C, step):
-        s_up = upsample(source_map[c0:c0 + step], source_grid, source_load_hw, s_sampling)
-        s_vec = s_up[:, src_px[:, 1], src_px[:, 0]].T  # N × c
-        t_up = upsample(target_map[c0:c0 + step], target_grid, target_load_hw, t_sampling).reshape(s_vec.shape[1], -1)
-        dots += s_vec.to(t_up.device) @ t_up
-        t_norm2 += (t_up * t_up).sum(0)
-    # |s| is a positive constant per row, so it cannot change the argmax; only the target norm matters
-    cos = dots / t_norm2.sqrt().clamp_min(1e-12)
-    idx = cos.argmax(dim=1)
+    ``target_norm`` (from :func:`target_norms`) may be passed in when one target serves many pairs.
+    """
+    C, h, w = target_map.shape
+    if source_map.shape[0] != C:
+        raise ValueError(f"source map has {source_map.shape[0]} channels, target map {C}")
+    px = source_pixels(source_points, source_load_hw)
+    s = sample_points(source_map, source_grid, source_load_hw, px)  # N×C
+    low = (s @ target_map.double().reshape(C, h * w)).reshape(-1, h, w)  # N×h×w: s · T per cell
+    Ht, Wt = target_load_hw
+    Ay = interpolation_matrix(Ht, h, target_grid.stride_y, target_grid.offset_y)
+    Ax = interpolation_matrix(Wt, w, target_grid.stride_x, target_grid.offset_x)
+    dots = Ay @ low @ Ax.T  # N×H×W: s · U(T)
+    if target_norm is None:
+        target_norm = target_norms(target_map, target_grid, target_load_hw)
+    # |s| is a positive constant per row: it cannot move the argmax, so only the target norm matters
+    cos = dots / target_norm.clamp_min(1e-12)
+    idx = cos.reshape(cos.shape[0], -1).argmax(dim=1)
     return torch.stack([idx % Wt, idx // Wt], dim=1).to(torch.float64)
+
+
+# ----------------------------------------------------------------------------------------------
+# The reference form, for tests: full upsampled maps through torch's own resampling, one dense similarity.
+# ----------------------------------------------------------------------------------------------
+def upsample_reference(fmap: torch.Tensor, grid: FeatureGrid, load_hw: tuple[int, int]) -> torch.Tensor:
+    (H, W), (h, w) = load_hw, tuple(fmap.shape[-2:])
+    x = fmap.unsqueeze(0).double()
+    if grid.is_spanning(load_hw, (h, w)):
+        return F.interpolate(x, size=load_hw, mode="bilinear", align_corners=False)[0]
+    xs = (torch.arange(W, dtype=torch.float64) - grid.offset_x) / grid.stride_x
+    ys = (torch.arange(H, dtype=torch.float64) - grid.offset_y) / grid.stride_y
+    gx = 2 * xs / (w - 1) - 1 if w > 1 else torch.zeros_like(xs)
+    gy = 2 * ys / (h - 1) - 1 if h > 1 else torch.zeros_like(ys)
+    yy, xx = torch.meshgrid(gy, gx, indexing="ij")
+    sampling = torch.stack([xx, yy], dim=-1).unsqueeze(0)
+    return F.grid_sample(x, sampling, mode="bilinear", padding_mode="border", align_corners=True)[0]
 
 
 def nn_transfer_naive(source_map, target_map, source_grid, target_grid, source_load_hw, target_load_hw,
                       source_points) -> torch.Tensor:
-    """The reference form: full upsampled maps, normalised, one dense similarity. For tests only."""
-    src_px = source_pixels(torch.as_tensor(source_points), source_load_hw)
-    s_up = upsample(source_map, source_grid, source_load_hw)
-    t_up = upsample(target_map, target_grid, target_load_hw)
-    s_vec = F.normalize(s_up[:, src_px[:, 1], src_px[:, 0]].T, dim=1)
+    px = source_pixels(source_points, source_load_hw)
+    s_up = upsample_reference(source_map, source_grid, source_load_hw)
+    t_up = upsample_reference(target_map, target_grid, target_load_hw)
+    s_vec = F.normalize(s_up[:, px[:, 1], px[:, 0]].T, dim=1)
     t_vec = F.normalize(t_up.reshape(t_up.shape[0], -1), dim=0)
     idx = (s_vec @ t_vec).argmax(dim=1)
     Wt = target_load_hw[1]

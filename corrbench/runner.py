@@ -34,7 +34,7 @@ from .errors import DataError, UsageError
 from .images import ImageRecord, inspect_image, load_rgb, to_input, to_load, to_original
 from .metrics import ALPHAS, pck_table
 from .plugins import get_host
-from .readout import nn_transfer
+from .readout import nn_transfer, target_norms
 from .results import SUMMARY_COLUMNS, headline_table, render, write_csv, write_json, write_jsonl
 
 
@@ -74,6 +74,7 @@ class _FeatureStore:
         self.cache = cache
         self.device = device
         self._lru: OrderedDict[str, tuple[torch.Tensor, FeatureGrid, tuple[int, int]]] = OrderedDict()
+        self._norms: OrderedDict[str, torch.Tensor] = OrderedDict()
         self._size = lru
 
     def fill(self, images: Sequence[ImageRecord], batch_size: int, progress: bool) -> dict[str, Any]:
@@ -125,6 +126,15 @@ class _FeatureStore:
         if len(self._lru) > self._size:
             self._lru.popitem(last=False)
         return entry
+
+    def target_norm(self, rec: ImageRecord) -> torch.Tensor:
+        """Per-pixel norms of the upsampled map, computed once per target image (see readout.py)."""
+        if rec.sha256 not in self._norms:
+            fmap, grid, load_hw = self.get(rec)
+            self._norms[rec.sha256] = target_norms(fmap, grid, load_hw)
+            if len(self._norms) > 4 * self._size:
+                self._norms.popitem(last=False)
+        return self._norms[rec.sha256]
 
 
 def _plugin_version(cls: type) -> str:
@@ -227,7 +237,8 @@ def evaluate_method(store: _FeatureStore, pairs: Sequence[Pair], records: dict[P
             with torch.inference_mode():
                 pred_load = descriptor.transfer(s_map, t_map, s_grid, t_grid, s_hw, t_hw, src_load)
         else:
-            pred_load = nn_transfer(s_map, t_map, s_grid, t_grid, s_hw, t_hw, src_load)
+            pred_load = nn_transfer(s_map, t_map, s_grid, t_grid, s_hw, t_hw, src_load,
+                                    target_norm=store.target_norm(tgt_rec))
         pred = to_original(pred_load.cpu().numpy(), tgt_rec.size, t_hw)
         dist = np.linalg.norm(pred - pair.target_points, axis=1)
         l_bbox, l_img = _reference_lengths(pair, tgt_rec.size)

@@ -1,0 +1,70 @@
+"""The ``synthetic`` dataset: generated on first use, then read back through the SPair-71k reader."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+from filelock import FileLock
+
+from corrbench.api import Dataset, Pair
+from corrbench.errors import UsageError
+from corrbench_datasets.spair import iter_spair_pairs
+
+from .generate import CATEGORIES, GENERATOR_VERSION, write_dataset
+
+
+class SyntheticDataset(Dataset):
+    """Generated creatures (bird, car, fish, robot) in SPair-71k layout; offline, deterministic."""
+
+    name = "synthetic"
+    version = str(GENERATOR_VERSION)
+    splits = ("trn", "val", "test")
+    default_split = "test"
+    default_config = {"seed": 0, "categories": None}
+    root_dirname = "synthetic"
+    difficulty_flags = ("viewpoint_variation", "scale_variation")
+    how_to_get = "It is generated automatically on first use; no download needed."
+
+    @property
+    def layout_root(self) -> Path:
+        """The generated SPair-layout folder for this generator version and seed."""
+        return self.root / f"v{GENERATOR_VERSION}-seed{int(self.config['seed'])}"
+
+    def prepare(self) -> None:
+        target = self.layout_root
+        if (target / ".complete").exists():
+            return
+        self.root.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(self.root / f".{target.name}.lock")):
+            if (target / ".complete").exists():  # another process generated it while we waited
+                return
+            tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=self.root))
+            try:
+                write_dataset(tmp, seed=int(self.config["seed"]))
+                (tmp / ".complete").write_text(f"corrbench synthetic v{GENERATOR_VERSION}\n")
+                if target.exists():  # an interrupted earlier attempt without its marker
+                    shutil.rmtree(target)
+                os.replace(tmp, target)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+
+    def _categories(self):
+        value = self.config.get("categories")
+        if not value:
+            return None
+        cats = [c.strip() for c in value.split(",")] if isinstance(value, str) else list(value)
+        unknown = sorted(set(cats) - set(CATEGORIES))
+        if unknown:
+            raise UsageError(f"synthetic.categories: unknown {', '.join(unknown)}; known: {', '.join(CATEGORIES)}")
+        return cats
+
+    def iter_pairs(self) -> Iterator[Pair]:
+        yield from iter_spair_pairs(self.layout_root, self.split, categories=self._categories(), invalid=self.invalid)
+
+    def protocol(self) -> dict:
+        return {"generator_version": GENERATOR_VERSION, "seed": int(self.config["seed"]),
+                "layout": "SPair-71k", "pairs": "all ordered pairs of a category's split images"}
