@@ -68,6 +68,7 @@ def download_archive_dataset(*, url: str, sha256: str | None, target: Path, inne
     atomic_write_bytes(target / ".corrbench" / "download.json", json.dumps(manifest, indent=2).encode())
     if not keep_archive:
         archive.unlink()
+        archive.with_name(archive.name + ".lock").unlink(missing_ok=True)
         try:
             downloads.rmdir()
         except OSError:
