@@ -115,8 +115,11 @@ def fetch(url: str, dest: str | os.PathLike, *, sha256: str | None = None, progr
             last_error = DataError("connection closed before the end of the file")
         else:
             size = part.stat().st_size if part.exists() else 0
-            raise DataError(f"{url}: download failed after {retries + 1} attempts ({last_error}); "
-                            f"{size} bytes kept in {part}, run again to resume") from last_error
+            if part.exists() and size == 0:
+                part.unlink()  # nothing worth resuming
+            kept = f"{size} bytes kept in {part}, run again to resume" if size else "nothing was kept"
+            raise DataError(f"{url}: download failed after {retries + 1} attempts ({last_error}); {kept}") \
+                from last_error
         if sha256 is not None:
             try:
                 verify_sha256(part, sha256, what=url)

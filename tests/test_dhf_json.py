@@ -138,14 +138,20 @@ def test_skip_invalid_counts_bad_entries(spair_fx, tmp_path):
     assert "source keypoints but" in ds.skipped[0] and "entry 1: missing key 'source_path'" in ds.skipped[1]
 
 
-def test_dhf_json_end_to_end(spair_fx, tmp_path):
-    from corrbench.runner import run_benchmark
+def test_dhf_json_end_to_end_through_the_cli(spair_fx, tmp_path):
+    from click.testing import CliRunner
+
+    from corrbench.cli import build_cli
 
     path = tmp_path / "list.json"
     write_json(path, dhf_list_from_spair(spair_fx, "test"))
-    res = run_benchmark("colour-patch", "dhf-json", data_root=spair_fx.root / "JPEGImages",
-                        overrides=[f"dhf-json.pairs={path}"], cache_dir=tmp_path / "cache", progress=False)
-    ds = res.results["dataset"]
+    res = CliRunner().invoke(build_cli(), [
+        "run", "--methods", "colour-patch", "--dataset", "dhf-json", "--set", f"dhf-json.pairs={path}",
+        "--data-root", str(spair_fx.root / "JPEGImages"), "--out", str(tmp_path / "out"),
+        "--cache-dir", str(tmp_path / "cache")])
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    ds = results["dataset"]
     assert ds["n_pairs"] == len(spair_fx.pairs["test"]) and ds["protocol"]["pair_list"] == str(path)
     n_kp = sum(len(o["src_kps"]) for _, o in spair_fx.pairs["test"])
-    assert res.results["methods"]["colour-patch"]["n_keypoints"] == n_kp
+    assert results["methods"]["colour-patch"]["n_keypoints"] == n_kp

@@ -2,17 +2,25 @@
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
+import shutil
+import tarfile
 from pathlib import Path
 
 import numpy as np
 import pytest
+from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from corrbench.errors import DataError, MissingDataError
-from corrbench.testing.datasets import write_spair_fixture
-from corrbench_datasets.spair import iter_spair_pairs, parse_pair_annotation, read_layout, stem_category
+from corrbench.download import ChecksumError, UnsafeArchiveError
+from corrbench.errors import DataError, MissingDataError, UsageError
+from corrbench.testing.datasets import LoopbackServer, dhf_list_from_spair, write_spair_fixture
+from corrbench_datasets.dhf_lists import DHF_LISTS, DhfList
+from corrbench_datasets.spair import (SPairDataset, iter_spair_pairs, parse_pair_annotation, read_layout,
+                                      stem_category)
 
 
 @pytest.fixture(scope="module")
@@ -198,21 +206,6 @@ def test_pair_file_bytes_raise_only_data_errors(tmp_path_factory, raw):
 # ------------------------------------------------------------------------------------------
 # The dataset: standard splits
 # ------------------------------------------------------------------------------------------
-import hashlib  # noqa: E402
-import io  # noqa: E402
-import shutil  # noqa: E402
-import tarfile  # noqa: E402
-
-from click.testing import CliRunner  # noqa: E402
-
-from corrbench.download import ChecksumError, UnsafeArchiveError  # noqa: E402
-from corrbench.errors import UsageError  # noqa: E402
-from corrbench.testing.datasets import LoopbackServer, dhf_list_from_spair  # noqa: E402
-from corrbench_datasets import dhf_lists  # noqa: E402
-from corrbench_datasets.dhf_lists import DHF_LISTS, DhfList  # noqa: E402
-from corrbench_datasets.spair import SPairDataset  # noqa: E402
-
-
 @pytest.fixture
 def spair_copy(spair_fx, tmp_path):
     dst = tmp_path / "SPair-71k"
@@ -303,6 +296,14 @@ def test_wrong_dhf_list_is_rejected(spair_copy, spair_fx, monkeypatch):
             list(SPairDataset(root=spair_copy, split="dhf-test-360").pairs())
     kept = [p.name for p in (spair_copy / ".corrbench" / "dhf").iterdir() if not p.name.endswith(".lock")]
     assert kept == [], "a rejected file is not kept"
+
+
+def test_unreachable_dhf_list_says_how_to_work_offline(spair_copy, monkeypatch):
+    with LoopbackServer({}) as srv:
+        url = srv.url
+    monkeypatch.setenv("CORRBENCH_DHF_ANNOTATIONS_URL", url)  # the server is closed: connection refused
+    with pytest.raises(DataError, match=r"download failed .* pass it with --set spair.pairs=FILE"):
+        list(SPairDataset(root=spair_copy, split="dhf-val-360").pairs())
 
 
 def test_local_copy_of_the_dhf_list(spair_copy, spair_fx, monkeypatch, tmp_path):

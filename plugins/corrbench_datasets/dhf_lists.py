@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from corrbench.download import ChecksumError, fetch, verify_sha256
+from corrbench.errors import DataError
 
 from ._archive import user_cache, writable_dir
 
@@ -59,8 +60,6 @@ def resolve_dhf_list(split: str, spair_root: Path, *, local: Path | None = None,
     if local is not None:
         local = Path(local).expanduser()
         if not local.is_file():
-            from corrbench.errors import DataError
-
             raise DataError(f"{local}: pair list does not exist (given by spair.pairs)")
         try:
             verify_sha256(local, spec.sha256, what=str(local))
@@ -77,4 +76,10 @@ def resolve_dhf_list(split: str, spair_root: Path, *, local: Path | None = None,
             except ChecksumError:
                 continue  # fetch() replaces it below
     target_dir = writable_dir(*cache_dirs(spair_root))
-    return fetch(list_url(split), target_dir / spec.filename, sha256=spec.sha256, progress=progress)
+    try:
+        return fetch(list_url(split), target_dir / spec.filename, sha256=spec.sha256, progress=progress)
+    except ChecksumError:
+        raise
+    except DataError as exc:
+        raise DataError(f"{exc}. Without network access, fetch {spec.filename} elsewhere and pass it with "
+                        f"--set spair.pairs=FILE") from exc

@@ -188,6 +188,7 @@ class SPairDataset(Dataset):
     root_dirname = "SPair-71k"
     difficulty_flags = ("viewpoint_variation", "scale_variation", "truncation", "occlusion")
     url = SPAIR_URL
+    verify_splits = STANDARD_SPLITS  # what `corrbench data verify spair` reads in full
     sha256: str | None = None  # not published; the download manifest records the one computed
     licence = ("No open licence. Images and metadata come from PASCAL VOC and Flickr; their terms apply. "
                "Research use only; do not redistribute.")
