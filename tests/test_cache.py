@@ -1,0 +1,45 @@
+import warnings
+
+import torch
+
+from corrbench.cache import FeatureCache
+
+
+def test_hit_miss_and_config_change(tmp_path):
+    ident = {"method": "m", "config": {"a": 1}, "weights": "w"}
+    cache = FeatureCache(tmp_path, "m", ident)
+    assert cache.get("ab" * 32) is None
+    t = torch.randn(4, 5, 6)
+    cache.put("ab" * 32, t, {"grid": "1,1,0,0"})
+    got, meta = cache.get("ab" * 32)
+    assert torch.equal(got, t) and meta["grid"] == "1,1,0,0"
+    assert (cache.dir / "config.json").is_file()
+    changed = FeatureCache(tmp_path, "m", {**ident, "config": {"a": 2}})
+    assert changed.dir != cache.dir and changed.get("ab" * 32) is None
+    assert FeatureCache(tmp_path, "m", {**ident, "weights": "w2"}).dir != cache.dir
+
+
+def test_corrupt_entry_is_reported_and_dropped(tmp_path):
+    cache = FeatureCache(tmp_path, "m", {"method": "m"})
+    cache.put("cd" * 32, torch.ones(2, 3, 3), {})
+    path = cache._path("cd" * 32)
+    data = bytearray(path.read_bytes())
+    data[-4:] = b"\x00\x00\x80\x7f"  # flip the last float: checksum no longer matches
+    path.write_bytes(bytes(data))
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        assert cache.get("cd" * 32) is None
+    assert any("corrupt" in str(x.message) for x in w)
+    assert not path.exists()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"truncated")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert cache.get("cd" * 32) is None
+
+
+def test_no_temporary_files_left_behind(tmp_path):
+    cache = FeatureCache(tmp_path, "m", {"method": "m"})
+    for i in range(3):
+        cache.put(f"{i:02d}" * 32, torch.zeros(1, 2, 2), {})
+    assert not [p for p in tmp_path.rglob("*.tmp")]
