@@ -161,8 +161,17 @@ def build_cli() -> click.Group:
     return cli
 
 
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings (a broken plugin, a skipped pair) print as one line on stderr."""
+    print(f"warning: {message}", file=file or sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> None:
     debug = "--debug" in (argv if argv is not None else sys.argv[1:])
+    if not debug:
+        import warnings
+
+        warnings.showwarning = _one_line_warning
     try:
         build_cli().main(args=argv, prog_name="corrbench", standalone_mode=False)
     except click.exceptions.Abort:
