@@ -376,12 +376,15 @@ class LoopbackServer:
                 self.send_header("Accept-Ranges", "bytes" if outer.honour_range else "none")
                 self.end_headers()
                 cut = outer.fail_after.pop(path, None)
-                if cut is not None:  # simulate a dropped connection after `cut` bytes
-                    self.wfile.write(body[:cut])
-                    self.wfile.flush()
+                try:
+                    if cut is not None:  # simulate a dropped connection after `cut` bytes
+                        self.wfile.write(body[:cut])
+                        self.wfile.flush()
+                        self.close_connection = True
+                        return
+                    self.wfile.write(body)
+                except (BrokenPipeError, ConnectionResetError):  # the client gave up: not a server error
                     self.close_connection = True
-                    return
-                self.wfile.write(body)
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
