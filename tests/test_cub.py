@@ -290,3 +290,34 @@ def test_verify_layout_counts_and_names_missing_files(cub_copy):
     (cub_copy / "train_test_split.txt").write_text("".join(f"{i} 0\n" for i in range(1, 19)))
     report = CUBDataset(root=cub_copy).verify_layout()
     assert len(report["problems"]) == 1 and first.name in report["problems"][0]
+
+
+def test_data_download_cub_with_a_known_checksum(cub_fx, tmp_path):
+    import io
+    import tarfile
+
+    from click.testing import CliRunner
+
+    from corrbench.cli import build_cli
+    from corrbench.testing.datasets import LoopbackServer
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tf:  # the real archive also has a top-level attributes.txt
+        tf.add(cub_fx.root, arcname="CUB_200_2011", filter=lambda ti: None if ".corrbench" in ti.name else ti)
+        info = tarfile.TarInfo("attributes.txt")
+        info.size = 4
+        tf.addfile(info, io.BytesIO(b"1 a\n"))
+    archive = buf.getvalue()
+    sha = hashlib.sha256(archive).hexdigest()
+    root = tmp_path / "d" / "CUB_200_2011"
+    with LoopbackServer({"/CUB_200_2011.tgz": archive}) as srv:
+        res = CliRunner().invoke(build_cli(), ["data", "download", "cub", "--root", str(root), "--url",
+                                               f"{srv.url}/CUB_200_2011.tgz", "--sha256", sha, "--no-progress"])
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    manifest = json.loads((root / ".corrbench" / "download.json").read_text())
+    assert manifest["sha256"] == sha and manifest["sha256_verified"] is True
+    assert not (root / "attributes.txt").exists() and (root / "images.txt").is_file()
+    assert CUBDataset(root=root).verify_layout()["problems"] == []
+    res = CliRunner().invoke(build_cli(), ["data", "verify", "cub", "--root", str(root), "--set", "num_pairs=5"])
+    assert res.exit_code == 0 and "split test: ok" in res.output
+    assert (root / ".corrbench" / "cub" / "cub_pairs_test_seed0_n5_v1.json").is_file()
