@@ -101,7 +101,11 @@ def test_real_vit_s8_architecture_gives_55x55_and_6528_binned():
 def _block_input(model, images, layer):
     """Tokens entering block ``layer`` in timm's own forward_features (native size, stride = patch)."""
     seen = {}
-    handle = model.blocks[layer].register_forward_pre_hook(lambda m, args: seen.setdefault("x", args[0].clone()))
+
+    def hook(module, args):
+        seen["x"] = args[0].clone()  # returning None: a pre-hook's return value would replace the input
+
+    handle = model.blocks[layer].register_forward_pre_hook(hook)
     try:
         model.forward_features(images)
     finally:
@@ -143,7 +147,11 @@ def test_token_facet_of_last_block_equals_timm_forward_features_before_the_final
     images = torch.randn(1, 3, 40, 40)
     ours = ViTFacets(model, stride=8).facet(images, layer=-1, facet="token")
     seen = {}
-    handle = model.norm.register_forward_pre_hook(lambda m, args: seen.setdefault("x", args[0]))
+
+    def hook(module, args):
+        seen["x"] = args[0].clone()
+
+    handle = model.norm.register_forward_pre_hook(hook)
     model.forward_features(images)
     handle.remove()
     expected = seen["x"][:, model.num_prefix_tokens:].transpose(1, 2).reshape(1, 32, 5, 5)
