@@ -344,3 +344,35 @@ def mean_loss(rows: Iterable[dict[str, Any]], first: int, last: int) -> float:
     if not vals:
         raise ValueError(f"no loss rows between steps {first} and {last}")
     return float(np.mean(vals))
+
+
+# -- the real feature source --------------------------------------------------------------------------------
+class SDFeatureSource:
+    """The SD inversion (or the single clean pass) of ``corrbench_sd``, as a training feature source.
+
+    Called outside ``inference_mode``, the extractor hands ``consume`` a fresh copy of each map in the
+    caller's grad mode, which the streaming aggregator feeds to autograd (pitfall P7).
+    """
+
+    def __init__(self, extractor, save_indices: Sequence[int], layers: Sequence[tuple[int, int]], *,
+                 one_step: bool = False):
+        self.extractor = extractor
+        self.save_indices = tuple(int(k) for k in save_indices)
+        self.layers = tuple(tuple(layer) for layer in layers)
+        self.one_step = one_step
+        self.layer_channels = list(extractor.layer_channels(self.layers))
+        self.num_timesteps = len(self.save_indices)
+        self.output_resolution = int(extractor.output_resolution)
+
+    def run(self, images: torch.Tensor, consume: Consume) -> None:
+        if self.one_step:
+            self.extractor.one_step(images, layers=self.layers, consume=consume)
+        else:
+            self.extractor.invert(images, save_indices=self.save_indices, layers=self.layers, consume=consume)
+
+    def describe(self) -> dict[str, Any]:
+        ex = self.extractor
+        return {"model_id": ex.model, "diffusion_mode": "inversion", "save_timestep": list(self.save_indices),
+                "num_timesteps": ex.num_steps, "one_step": self.one_step, "prompt": "", "negative_prompt": "",
+                "guidance_scale": -1, "latent": ex.latent, "latent_seed": ex.seed, "image_size": ex.image_size,
+                "dtype": str(ex.dtype), "layers": [list(layer) for layer in self.layers]}

@@ -1,0 +1,229 @@
+"""Click commands of the DHF plugin: ``train dhf``, ``plot mixing-weights``, ``plot matches``, ``generate``.
+
+Heavy imports happen inside the commands, so ``corrbench --help`` stays fast. ``train`` and ``plot``
+are groups; when the core (or another plugin) already defines a group of that name, the subcommands
+are added to it instead.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+import click
+
+from corrbench.errors import UsageError
+
+MODEL_SHORTCUTS = {"sd15": "stable-diffusion-v1-5/stable-diffusion-v1-5", "sd21": "stabilityai/stable-diffusion-2-1-base"}
+
+
+def _group(cli: click.Group, name: str, help_text: str) -> click.Group:
+    existing = cli.commands.get(name) if hasattr(cli, "commands") else None
+    if isinstance(existing, click.Group):
+        return existing
+    if existing is not None:
+        raise UsageError(f"cannot add the DHF '{name}' commands: '{name}' is already a plain command")
+    group = click.Group(name, help=help_text)
+    cli.add_command(group)
+    return group
+
+
+def add_commands(cli: click.Group) -> None:
+    _group(cli, "train", "Train the trainable parts of methods.").add_command(train_dhf)
+    plot = _group(cli, "plot", "Draw pictures of checkpoints and runs.")
+    plot.add_command(plot_mixing_weights)
+    plot.add_command(plot_matches)
+    if "generate" not in cli.commands:
+        cli.add_command(generate_cmd)
+
+
+# -- train dhf ---------------------------------------------------------------------------------------------
+def _split_sets(sets: tuple[str, ...], dataset: str) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """``--set`` for training: ``sd.<key>`` (extractor), ``dhf.<key>`` (network) and ``<dataset>.<key>``."""
+    from corrbench.config import parse_overrides
+
+    sd, dhf, ds = {}, {}, {}
+    for key, value in parse_overrides(list(sets)).items():
+        name, _, sub = key.rpartition(".")
+        if name == "sd":
+            sd[sub] = value
+        elif name == "dhf":
+            dhf[sub] = value
+        elif name == dataset:
+            ds[sub] = value
+        else:
+            raise UsageError(f"--set {key}: training takes sd.<key>, dhf.<key> or {dataset}.<key>")
+    return sd, dhf, ds
+
+
+def _val_split(ds_cls, requested: str | None) -> str | None:
+    if requested is not None:
+        return None if requested.lower() in ("none", "") else requested
+    for candidate in ("dhf-val-360", "val"):
+        if candidate in ds_cls.splits:
+            return candidate
+    return None
+
+
+@click.command("dhf")
+@click.option("--dataset", "-d", default="spair", show_default=True, help="Training dataset (pairs with keypoints).")
+@click.option("--split", default="trn", show_default=True)
+@click.option("--data-root", type=click.Path(path_type=Path), default=None)
+@click.option("--steps", type=int, default=5000, show_default=True, help="Training pairs (one pair per step).")
+@click.option("--lr", type=float, default=1e-3, show_default=True, help="AdamW learning rate (weight decay 0).")
+@click.option("--one-step", is_flag=True, help="Train Ours-One-Step (the clean pass only, 12 mixing weights).")
+@click.option("--model", default="sd15", show_default=True, help="sd15, sd21, a hub id or a local diffusers folder.")
+@click.option("--load-size", type=int, default=64, show_default=True,
+              help="Square load size of training images (paper: 64; the released train.yaml: 512).")
+@click.option("--val-split", default=None, help="Validation split (default dhf-val-360 or val when the dataset has "
+                                                "one; 'none' to skip).")
+@click.option("--val-limit", type=int, default=None, help="Validate on the first N pairs only.")
+@click.option("--val-every", type=int, default=1000, show_default=True)
+@click.option("--val-load-size", type=int, default=None, help="Load size for validation (default: --load-size).")
+@click.option("--ckpt-every", type=int, default=1000, show_default=True)
+@click.option("--limit", type=int, default=None, help="Use only the first N training pairs.")
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), default=None,
+              help="Output folder (default corrbench-train/dhf-<time>).")
+@click.option("--resume", is_flag=True, help="Continue from the newest checkpoint_step_*.pt in --out.")
+@click.option("--resume-from", type=click.Path(path_type=Path, exists=True), default=None,
+              help="Continue from this checkpoint.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Network initialisation and data order.")
+@click.option("--projection-dim", type=int, default=384, show_default=True)
+@click.option("--norm-groups", type=int, default=32, show_default=True)
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--skip-invalid", is_flag=True)
+@click.option("--wandb", "wandb_project", default=None, help="Also log to this Weights & Biases project (optional).")
+@click.option("--set", "sets", multiple=True, metavar="NAME.KEY=VALUE",
+              help="sd.<key> (model, dtype, latent, seed, num_steps, image_size, output_resolution, weights) or "
+                   "<dataset>.<key>.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def train_dhf(dataset, split, data_root, steps, lr, one_step, model, load_size, val_split, val_limit, val_every,
+              val_load_size, ckpt_every, limit, out_dir, resume, resume_from, seed, projection_dim, norm_groups,
+              device, skip_invalid, wandb_project, sets, quiet) -> None:
+    """Train the Diffusion Hyperfeatures aggregation network (paper-protocol §5)."""
+    from corrbench.plugins import get_host
+    from corrbench_sd.methods import SD_SHARED_DEFAULTS, make_extractor
+
+    from .slots import LAYERS, PAPER_SAVE_INDICES
+    from .train import SDFeatureSource, TrainSettings, train
+
+    for what, value in (("--steps", steps), ("--val-every", val_every), ("--ckpt-every", ckpt_every),
+                        ("--load-size", load_size)):
+        if value < 1:
+            raise UsageError(f"{what} must be at least 1, got {value}")
+    host = get_host()
+    ds_entry = host.datasets.entry(dataset)
+    ds_cls = ds_entry.load()
+    sd_sets, dhf_sets, ds_cfg = _split_sets(sets, ds_entry.name)
+    if dhf_sets:
+        raise UsageError(f"--set dhf.{next(iter(dhf_sets))}: use the train options (--projection-dim, --seed, ...)")
+    unknown = set(sd_sets) - set(SD_SHARED_DEFAULTS)
+    if unknown:
+        raise UsageError(f"--set sd.{sorted(unknown)[0]}: valid sd keys: {', '.join(sorted(SD_SHARED_DEFAULTS))}")
+    sd_cfg = {**SD_SHARED_DEFAULTS, **sd_sets}
+    sd_cfg["model"] = MODEL_SHORTCUTS.get(model, model) if "model" not in sd_sets else sd_sets["model"]
+    extractor = make_extractor(sd_cfg, device)
+    num_steps = extractor.num_steps
+    indices = (num_steps - 1,) if one_step else PAPER_SAVE_INDICES
+    source = SDFeatureSource(extractor, indices, LAYERS, one_step=one_step)
+
+    ds = ds_cls(root=data_root, split=split, config=ds_cfg, skip_invalid=skip_invalid)
+    pairs = list(islice(ds.pairs(), limit))
+    val_name = _val_split(ds_cls, val_split)
+    val_pairs = []
+    if val_name is not None:
+        vds = ds_cls(root=data_root, split=val_name, config=ds_cfg, skip_invalid=skip_invalid)
+        val_pairs = list(islice(vds.pairs(), val_limit))
+    if out_dir is None:
+        out_dir = Path("corrbench-train") / f"dhf-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    settings = TrainSettings(steps=steps, lr=lr, load_size=load_size, seed=seed, ckpt_every=ckpt_every,
+                             val_every=val_every, val_load_size=val_load_size, projection_dim=projection_dim,
+                             num_norm_groups=norm_groups, device=device,
+                             extra={"dataset": ds_entry.name, "split": ds.split, "val_split": val_name,
+                                    "n_train_pairs": len(pairs), "n_val_pairs": len(val_pairs)})
+    run = None
+    if wandb_project:
+        try:
+            import wandb
+        except ImportError as exc:
+            raise UsageError("--wandb needs the wandb package (pip install wandb); the JSONL log works without it") \
+                from exc
+        run = wandb.init(project=wandb_project, config=settings.__dict__)
+    result = train(source, pairs, out_dir, settings, val_pairs=val_pairs,
+                   resume=resume_from if resume_from else bool(resume), progress=not quiet, wandb_run=run)
+    if run is not None:
+        run.finish()
+    click.echo(f"trained {result['steps']} steps on {len(pairs)} {ds_entry.name}/{ds.split} pairs; "
+               f"final loss {result['final_loss']:.4f}")
+    if result["validation"]:
+        last = result["validation"][-1]
+        scores = ", ".join(f"{k} {v:.2f}" for k, v in last.items() if k.startswith("pck"))
+        click.echo(f"validation ({val_name}, {last['n_pairs']} pairs) at step {last['step']}: {scores}; "
+                   f"best at step {result['best']['step']}")
+    click.echo(f"checkpoint: {result['checkpoint']} (use it with --set dhf.weights={result['checkpoint']})")
+    click.echo(f"metrics log: {Path(result['out_dir']) / 'metrics.jsonl'}")
+
+
+# -- plot ----------------------------------------------------------------------------------------------------
+@click.command("mixing-weights")
+@click.argument("checkpoint", type=click.Path(path_type=Path))
+@click.option("--out", "out_file", type=click.Path(path_type=Path), required=True, help="Output image (.png, .pdf, .svg).")
+@click.option("--title", default=None)
+def plot_mixing_weights(checkpoint: Path, out_file: Path, title: str | None) -> None:
+    """Heat map of a checkpoint's softmax mixing weights, timesteps × layers (the paper's figure)."""
+    from .plots import plot_mixing_weights as draw
+
+    info = draw(checkpoint, out_file, title)
+    r, c = info["argmax"]
+    click.echo(f"wrote {info['file']}: largest weight {info['matrix'][r, c]:.4f} at {info['rows'][r]}, "
+               f"layer {c + 1}")
+
+
+@click.command("matches")
+@click.option("--run", "run_dir", type=click.Path(path_type=Path), required=True, help="A corrbench run folder.")
+@click.option("--pair", "pair_id", required=True, help="Pair id (as in predictions.jsonl).")
+@click.option("--method", default=None, help="Method, when the run has several.")
+@click.option("--out", "out_file", type=click.Path(path_type=Path), default=None,
+              help="Output image (default RUN/matches-<method>-<pair>.png).")
+@click.option("--alpha", type=float, default=0.1, show_default=True)
+@click.option("--norm", type=click.Choice(["bbox", "img"]), default="bbox", show_default=True)
+def plot_matches(run_dir: Path, pair_id: str, method: str | None, out_file: Path | None, alpha: float,
+                 norm: str) -> None:
+    """Source and target with ground-truth and predicted keypoints, coloured by correctness."""
+    from .plots import load_predictions
+    from .plots import plot_matches as draw
+
+    if out_file is None:
+        row, _ = load_predictions(run_dir, pair_id, method)
+        safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in f"{row['method']}-{pair_id}")
+        out_file = Path(run_dir) / f"matches-{safe}.png"
+    info = draw(run_dir, pair_id, out_file, method=method, alpha=alpha, norm=norm)
+    click.echo(f"wrote {info['file']}: {sum(info['correct'])}/{len(info['correct'])} correct at "
+               f"PCK@{alpha:g} ({norm})")
+
+
+# -- generate ------------------------------------------------------------------------------------------------
+@click.command("generate")
+@click.option("--prompts", "prompts_file", type=click.Path(path_type=Path), required=True,
+              help=".txt (one prompt a line) or .json (strings or {prompt, source_points}).")
+@click.option("--method", "-m", default="dhf", show_default=True)
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True)
+@click.option("--seed", type=int, default=829304518, show_default=True, help="Seed of the first prompt (+1 each).")
+@click.option("--guidance", type=float, default=7.5, show_default=True)
+@click.option("--negative-prompt", default=None, help="Default: corrbench's short list (see the README).")
+@click.option("--top-k", type=int, default=20, show_default=True, help="Mutual nearest neighbours drawn when a "
+                                                                      "prompt has no source points.")
+@click.option("--set", "sets", multiple=True, metavar="NAME.KEY=VALUE")
+@click.option("--device", default="cpu", show_default=True)
+def generate_cmd(prompts_file, method, out_dir, seed, guidance, negative_prompt, top_k, sets, device) -> None:
+    """Generate image pairs and match them with hyperfeatures (DHF's synthetic transfer)."""
+    from .generate import DEFAULT_NEGATIVE_PROMPT, generate
+
+    if top_k < 1:
+        raise UsageError(f"--top-k must be at least 1, got {top_k}")
+    summary = generate(prompts_file, out_dir, method=method, seed=seed, guidance=guidance,
+                       negative_prompt=DEFAULT_NEGATIVE_PROMPT if negative_prompt is None else negative_prompt,
+                       overrides=list(sets), device=device, top_k=top_k)
+    click.echo(f"wrote {len(summary['prompts'])} image pairs with descriptors and matches to {out_dir}")

@@ -1,0 +1,335 @@
+"""The DHF table rows: ``dhf``, ``dhf-one-step``, ``dhf-sd21``, ``sd-layer-pruned`` and ``dhf-pruned``.
+
+Each runs the shared SD pipeline of ``corrbench_sd`` (paper-protocol §2) and streams every captured
+map straight into the aggregation network (§3), so the 11 × 10,560-channel stack never exists.
+
+Config: the ``sd`` namespace keys come from ``corrbench_sd`` (model, dtype, latent, seed, ...), except
+``sd.weights``: a DHF method's own ``weights`` key names the *aggregation network* (``dhf.weights``),
+so the SD architecture-with-random-weights switch is ``sd_weights`` here (``--set dhf.sd_weights=random``).
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Sequence
+
+import corrbench
+from corrbench.errors import UsageError, WeightsError
+
+from corrbench_sd.configs import SD21
+
+from . import weights as dhf_weights
+from .slots import LAYERS, PAPER_SAVE_INDICES, SlotInfo, slot_info
+
+#: SD-namespace keys DHF methods take from corrbench_sd (``weights`` and ``raw_indices`` are the SD
+#: methods' own: DHF's weights are the aggregation network, and its raw export is the network's input).
+_SD_EXCLUDED = ("weights", "raw_indices")
+
+
+def _sd_shared() -> tuple[dict[str, Any], tuple[str, ...]]:
+    from corrbench_sd.methods import SD_SHARED_DEFAULTS
+
+    defaults = {k: v for k, v in SD_SHARED_DEFAULTS.items() if k not in _SD_EXCLUDED}
+    return defaults, tuple(defaults)
+
+
+SD_DEFAULTS, SD_KEYS = _sd_shared()
+DHF_KEYS = ("weights", "sd_weights")
+#: seed of the ``weights=random`` network (independent of the latent seed)
+RANDOM_NETWORK_SEED = 0
+
+
+def parse_slot(value: Any, n_timesteps: int, n_layers: int, what: str) -> int | None:
+    """``argmax`` → None; ``[s, layer]`` (timestep slot, 0-based layer) or a flat slot index → the slot index."""
+    if value is None or (isinstance(value, str) and value.strip().lower() == "argmax"):
+        return None
+    if isinstance(value, str):
+        text = value.strip().strip("[]()")
+        try:
+            value = [int(v) for v in text.split(",")] if "," in text else int(text)
+        except ValueError:
+            raise UsageError(f"{what}={value!r}: expected 'argmax', [timestep_slot, layer] or a slot index") from None
+    if isinstance(value, int) and not isinstance(value, bool):
+        index = value
+    else:
+        try:
+            s, layer = (int(v) for v in value)
+        except (TypeError, ValueError):
+            raise UsageError(f"{what}={value!r}: expected 'argmax', [timestep_slot, layer] or a slot index") from None
+        if not (0 <= s < n_timesteps and 0 <= layer < n_layers):
+            raise UsageError(f"{what}={value!r}: timestep slot must be in 0..{n_timesteps - 1} "
+                             f"and layer in 0..{n_layers - 1} (0-based; layer 0 = DHF's layer 1)")
+        index = s * n_layers + layer
+    if not 0 <= index < n_timesteps * n_layers:
+        raise UsageError(f"{what}={value!r}: slot index outside 0..{n_timesteps * n_layers - 1}")
+    return index
+
+
+class _DHFBase(corrbench.Descriptor):
+    """Shared config, extractor and aggregation-network loading of the DHF methods."""
+
+    config_namespaces = {"sd": SD_KEYS, "dhf": DHF_KEYS}
+    preprocess = corrbench.Preprocess(load_size=224, resize="square", resample="bilinear")
+    default_config: dict[str, Any] = {**SD_DEFAULTS, "weights": "auto", "sd_weights": "pretrained"}
+    #: released file used by ``weights=auto`` (the pruned rows read the "Ours" network)
+    released_file = dhf_weights.RELEASED_FILES["dhf"]
+    #: saved step indices when the checkpoint does not state them
+    default_save_indices: tuple[int, ...] = PAPER_SAVE_INDICES
+    layers: tuple[tuple[int, int], ...] = LAYERS
+
+    # -- weights ------------------------------------------------------------------------------------------
+    @cached_property
+    def weights_path(self) -> Path | None:
+        return dhf_weights.resolve(self.config["weights"], self.released_file)
+
+    @cached_property
+    def checkpoint(self):
+        from .checkpoint import load_checkpoint
+
+        return load_checkpoint(self.weights_path) if self.weights_path is not None else None
+
+    def weights_identity(self) -> str:
+        from corrbench_sd.loading import resolve_source, weights_identity
+
+        sd = weights_identity(resolve_source(self.config["model"]), str(self.config["sd_weights"]))
+        if self.weights_path is None:
+            agg = f"random:seed{RANDOM_NETWORK_SEED}"
+        else:
+            agg = f"sha256:{self.checkpoint.sha256}"
+        return f"aggregation={agg}|sd={sd}"
+
+    def save_indices(self) -> tuple[int, ...]:
+        """The checkpoint's ``save_timestep`` when it fits the network, else the method default."""
+        ckpt = self.checkpoint
+        if ckpt is not None:
+            stored = ckpt.config.get("save_timestep")
+            n = ckpt.num_timesteps
+            if isinstance(stored, (list, tuple)) and len(stored) == n:
+                indices = tuple(int(k) for k in stored)
+                if n == 1 and indices == (0,):
+                    # the official one-step config writes [0] with a 1-step scheduler: the clean pass
+                    return (int(self.config["num_steps"]) - 1,)
+                return indices
+            if n != len(self.default_save_indices):
+                raise WeightsError(f"{self.weights_path}: a network of {n} timesteps, but its config states no "
+                                   f"save_timestep of that length and the default has {len(self.default_save_indices)}")
+        return self.default_save_indices
+
+    def build_network(self, layer_channels: Sequence[int], num_timesteps: int):
+        """The aggregation network on ``self.device`` in eval mode: loaded strictly, or seeded random."""
+        import torch
+
+        from .network import AggregationNetwork
+
+        ckpt = self.checkpoint
+        if ckpt is None:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(RANDOM_NETWORK_SEED)
+                net = AggregationNetwork(layer_channels, num_timesteps)
+        else:
+            if list(ckpt.layer_channels) != list(layer_channels):
+                raise WeightsError(
+                    f"{self.weights_path} was trained on layers with channels {ckpt.layer_channels}, but "
+                    f"sd.model={self.config['model']} gives {list(layer_channels)}: wrong sd.model for these weights?")
+            if ckpt.num_timesteps != num_timesteps:
+                raise WeightsError(f"{self.weights_path} mixes {ckpt.num_timesteps} timestep(s), "
+                                   f"method {self.name} uses {num_timesteps}")
+            net = ckpt.build()
+        return net.to(self.device).eval()
+
+    # -- extractor ----------------------------------------------------------------------------------------
+    def make_extractor(self):
+        from corrbench_sd.methods import make_extractor
+
+        cfg = {k: self.config[k] for k in SD_KEYS}
+        cfg["weights"] = self.config["sd_weights"]
+        return make_extractor(cfg, self.device)
+
+    def run_features(self, images, save_indices: Sequence[int], layers: Sequence[tuple[int, int]], consume) -> None:
+        """Inversion of ``images``; a single clean step runs as ``one_step`` (the same UNet call)."""
+        self.extractor.invert(images, save_indices=tuple(save_indices), layers=tuple(layers), consume=consume)
+
+    def _checkpoint_info(self) -> dict[str, Any]:
+        ckpt = self.checkpoint
+        if ckpt is None:
+            return {"aggregation_weights": "random", "aggregation_seed": RANDOM_NETWORK_SEED}
+        return {"aggregation_weights": str(self.weights_path), "aggregation_sha256": ckpt.sha256,
+                "checkpoint_step": ckpt.step, "checkpoint_config": ckpt.config}
+
+
+class DHF(_DHFBase):
+    """Diffusion Hyperfeatures ("Ours"): 12 layers × 11 inversion timesteps through the aggregation network."""
+
+    name = "dhf"
+    description = "Diffusion Hyperfeatures (Ours): SD-1.5, 12 layers x 11 inversion steps, aggregation network"
+    one_step = False
+
+    def setup(self) -> None:
+        self.extractor = self.make_extractor()
+        self.indices = self.save_indices()
+        channels = self.extractor.layer_channels(self.layers)
+        self.network = self.build_network(channels, len(self.indices))
+
+    def extract(self, images):
+        from .network import StreamingAggregator
+
+        agg = StreamingAggregator(self.network)
+        self.run_features(images, self.indices, self.layers, agg)
+        return agg.result()
+
+    def extract_raw(self, images):
+        """The network's input, materialised: B × (S · ΣC) × R × R, timestep-major (slot s, then layer)."""
+        import torch
+
+        self.ensure_ready()
+        channels = self.network.layer_channels
+        offsets = [sum(channels[:n]) for n in range(len(channels))]
+        per_t = sum(channels)
+        R = self.extractor.output_resolution
+        out = torch.empty((images.shape[0], len(self.indices) * per_t, R, R), dtype=torch.float32)
+
+        def consume(slot, position, feat):
+            c0 = slot * per_t + offsets[position]
+            out[:, c0:c0 + channels[position]] = feat.to("cpu")
+
+        self.run_features(images, self.indices, self.layers, consume)
+        return out
+
+    def run_info(self) -> dict[str, Any]:
+        info: dict[str, Any] = {"sd_model": str(self.config["model"]), **self._checkpoint_info()}
+        net = getattr(self, "network", None)
+        if net is not None:
+            import torch
+
+            weights = net.mixing_softmax().detach().cpu()
+            top = torch.argsort(weights, descending=True)[:5].tolist()
+            info.update(
+                save_indices=list(self.indices),
+                unet_timesteps=[slot_info(s * len(self.layers), save_indices=self.indices, layers=self.layers,
+                                          num_steps=int(self.config["num_steps"])).unet_timestep
+                                for s in range(len(self.indices))],
+                layers=[list(layer) for layer in self.layers],
+                layer_channels=list(net.layer_channels),
+                projection_dim=net.projection_dim,
+                top_mixing_slots=[slot_info(i, save_indices=self.indices, layers=self.layers,
+                                            num_steps=int(self.config["num_steps"]),
+                                            weight=float(weights[i])).as_dict() for i in top],
+            )
+        return info
+
+
+class DHFOneStep(DHF):
+    """Ours-One-Step: 12 layers of the single clean pass (UNet t = −1 on the clean latent)."""
+
+    name = "dhf-one-step"
+    description = "Ours-One-Step: SD-1.5, 12 layers of the clean pass (t=-1), aggregation network"
+    released_file = dhf_weights.RELEASED_FILES["dhf-one-step"]
+    one_step = True
+
+    def save_indices(self) -> tuple[int, ...]:
+        clean = (int(self.config["num_steps"]) - 1,)
+        ckpt = self.checkpoint
+        if ckpt is not None:
+            stored = ckpt.config.get("save_timestep")
+            # the official one-step config writes [0] (a 1-step scheduler); corrbench writes the clean index
+            if ckpt.num_timesteps != 1 or (isinstance(stored, (list, tuple)) and [int(k) for k in stored]
+                                           not in ([0], list(clean))):
+                raise WeightsError(f"{self.weights_path}: a network of {ckpt.num_timesteps} timestep(s) with "
+                                   f"save_timestep {stored}, not the single clean pass; use method dhf for it")
+        return clean
+
+    def run_features(self, images, save_indices, layers, consume) -> None:
+        self.extractor.one_step(images, layers=tuple(layers), consume=consume)
+
+
+class DHFSD21(DHF):
+    """Ours-SDv2-1: as Ours on stabilityai/stable-diffusion-2-1-base."""
+
+    name = "dhf-sd21"
+    description = "Ours-SDv2-1: SD-2.1-base, 12 layers x 11 inversion steps, aggregation network"
+    released_file = dhf_weights.RELEASED_FILES["dhf-sd21"]
+
+    default_config: dict[str, Any] = {**DHF.default_config, "model": SD21}
+
+
+class _PrunedBase(_DHFBase):
+    """One (timestep, layer) slot of the "Ours" network: chosen by mixing-weight argmax or by config."""
+
+    default_config: dict[str, Any] = {**_DHFBase.default_config, "slot": "argmax"}
+
+    def choose_slot(self) -> SlotInfo:
+        import torch
+
+        indices = self.save_indices()
+        n_layers = len(self.layers)
+        index = parse_slot(self.config["slot"], len(indices), n_layers, f"{self.name}.slot")
+        self.slot_rule = "argmax of the softmax mixing weights" if index is None else "explicit (config)"
+        weight = None
+        if self.checkpoint is not None:
+            ckpt = self.checkpoint
+            if len(ckpt.layer_channels) != n_layers:
+                raise WeightsError(f"{self.weights_path} has {len(ckpt.layer_channels)} layers, expected {n_layers}")
+            weights = torch.softmax(ckpt.state_dict["mixing_weights"].float(), dim=0)
+            if index is None:
+                index = int(torch.argmax(weights))
+            weight = float(weights[index])
+        elif index is None:
+            # an untrained network's mixing weights are all 1 (the official initialisation): argmax is slot 0
+            index = 0
+            weight = 1.0 / (len(indices) * n_layers)
+        return slot_info(index, save_indices=indices, layers=self.layers, num_steps=int(self.config["num_steps"]),
+                         weight=weight)
+
+    def setup(self) -> None:
+        self.extractor = self.make_extractor()
+        self.slot = self.choose_slot()
+        self.block = self.layers[self.slot.layer]
+
+    def _raw_map(self, images):
+        found = {}
+        self.run_features(images, (self.slot.save_index,), (self.block,),
+                          lambda s, l, feat: found.__setitem__("map", feat))
+        return found["map"]
+
+    def run_info(self) -> dict[str, Any]:
+        info = {"sd_model": str(self.config["model"]), **self._checkpoint_info()}
+        info.pop("checkpoint_config", None)
+        if getattr(self, "slot", None) is not None:
+            info["slot"] = self.slot.as_dict()
+            info["slot_rule"] = self.slot_rule
+        return info
+
+
+class SDLayerPruned(_PrunedBase):
+    """SD-Layer-Pruned: the raw conv2 map of the slot the trained network weights most."""
+
+    name = "sd-layer-pruned"
+    description = "SD-Layer-Pruned: raw SD feature of the (timestep, layer) slot with the largest dhf mixing weight"
+
+    def extract(self, images):
+        return self._raw_map(images)
+
+
+class DHFPruned(_PrunedBase):
+    """Ours-Pruned: that one slot through its trained bottleneck (mode ``bottleneck``)."""
+
+    name = "dhf-pruned"
+    description = "Ours-Pruned: the largest-weight (timestep, layer) slot through its trained dhf bottleneck"
+    default_config: dict[str, Any] = {**_PrunedBase.default_config, "mode": "bottleneck"}
+
+    def setup(self) -> None:
+        if self.config["mode"] != "bottleneck":
+            raise UsageError(f"dhf-pruned.mode={self.config['mode']!r}: only 'bottleneck' (the slot's trained "
+                             "bottleneck from the dhf network) is implemented")
+        super().setup()
+        channels = self.extractor.layer_channels(self.layers)
+        network = self.build_network(channels, len(self.save_indices()))
+        self.bottleneck = network.bottleneck_layers[self.slot.layer]
+
+    def extract(self, images):
+        # the slot's softmax weight is a positive scalar: it cannot change a cosine match, so it is left out
+        return self.bottleneck(self._raw_map(images))
+
+    def run_info(self) -> dict[str, Any]:
+        return {**super().run_info(), "mode": self.config["mode"]}
