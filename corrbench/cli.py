@@ -62,6 +62,8 @@ def run(methods, dataset, split, data_root, limit, device, batch_size, out_dir, 
                            limit=limit, device=device, batch_size=batch_size, out_dir=out_dir, cache_dir=cache_dir,
                            no_cache=no_cache, skip_invalid=skip_invalid, compare=compare,
                            echo=lambda s: click.echo(s, err=True))
+    if not result.results:  # a non-zero rank of a distributed run: rank 0 reports
+        return
     ds = result.results["dataset"]
     click.echo(f"\n{ds['name']} / {ds['split']}: {ds['n_pairs']} pairs, "
                f"{next(iter(result.results['methods'].values()))['n_keypoints']} keypoints"

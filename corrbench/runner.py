@@ -30,6 +30,7 @@ from . import __version__
 from .api import Dataset, Descriptor, FeatureGrid, Pair, PairConditionedDescriptor
 from .cache import FeatureCache, atomic_write_bytes
 from .config import parse_overrides, resolve_overrides
+from .distributed import DistContext, init_from_env
 from .errors import DataError, UsageError
 from .images import ImageRecord, inspect_image, load_rgb, to_input, to_load, to_original
 from .metrics import ALPHAS, pck_table
@@ -185,18 +186,23 @@ def _peak_host_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
 
 
-def collect_images(pairs: Sequence[Pair], dataset: Dataset, progress: bool) -> tuple[list[Pair], dict[Path, ImageRecord]]:
-    """Hash and decode every unique image once; drop (or fail on) pairs whose images are bad."""
+def collect_images(pairs: Sequence[Pair], dataset: Dataset, progress: bool,
+                   ctx: DistContext | None = None) -> tuple[list[Pair], dict[Path, ImageRecord]]:
+    """Hash and decode every unique image once (split across ranks); drop (or fail on) pairs whose images are bad."""
+    ctx = ctx or DistContext()
     records: dict[Path, ImageRecord] = {}
     bad: dict[Path, str] = {}
     paths = list(dict.fromkeys(p for pair in pairs for p in (pair.source, pair.target)))
-    for path in tqdm(paths, desc="images", unit="img", disable=not progress or None, leave=False):
+    for path in tqdm(ctx.shard(paths), desc="images", unit="img", disable=not progress or None, leave=False):
         try:
             records[path] = inspect_image(path)
         except DataError as exc:
-            if not dataset.skip_invalid:
-                raise
             bad[path] = str(exc)
+    for other_records, other_bad in ctx.all_gather((records, bad)):
+        records.update(other_records)
+        bad.update(other_bad)
+    if bad and not dataset.skip_invalid:
+        raise DataError(bad[next(p for p in paths if p in bad)])
     kept = []
     for pair in pairs:
         problem = next((bad[p] for p in (pair.source, pair.target) if p in bad), None)
@@ -209,6 +215,15 @@ def collect_images(pairs: Sequence[Pair], dataset: Dataset, progress: bool) -> t
             continue
         kept.append(pair)
     return kept, records
+
+
+def _merge_costs(costs: list[dict[str, Any]], n_images: int) -> dict[str, Any]:
+    """One cost record for all ranks: images summed, wall time of the slowest rank."""
+    extracted = sum(c.get("images_extracted", 0) for c in costs)
+    seconds = max((c.get("extract_seconds", 0.0) for c in costs), default=0.0)
+    return {"images": n_images, "images_extracted": extracted, "images_cached": n_images - extracted,
+            "extract_seconds": seconds, "extract_s_per_image": seconds * len(costs) / extracted if extracted else None,
+            "processes": len(costs)}
 
 
 def _reference_lengths(pair: Pair, target_size: tuple[int, int]) -> tuple[float, float]:
@@ -292,11 +307,27 @@ def run_benchmark(methods: str | Sequence[str], dataset: str, split: str | None 
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise UsageError(f"--device {device}: CUDA is not available on this machine")
 
+    ctx, device = init_from_env(device)
+    try:
+        return _run(ctx, host, method_classes, method_cfgs, ds_entry, ds_cls, ds_cfg, split, data_root, limit, device,
+                    batch_size, out_dir, cache_dir, no_cache, skip_invalid, compare, alphas, progress, echo, started)
+    finally:
+        ctx.close()
+
+
+def _run(ctx: DistContext, host, method_classes, method_cfgs, ds_entry, ds_cls, ds_cfg, split, data_root, limit, device,
+         batch_size, out_dir, cache_dir, no_cache, skip_invalid, compare, alphas, progress, echo, started) -> RunResult:
+    if ctx.active and no_cache:
+        raise UsageError("--no-cache cannot be used with several processes: ranks share features through the cache")
+    progress = progress and ctx.is_main
     ds: Dataset = ds_cls(root=data_root, split=split, config=ds_cfg, skip_invalid=skip_invalid)
+    if ctx.is_main:
+        ds.prepare()  # generate or check once before the other ranks read
+    ctx.barrier()
     all_pairs = list(islice(ds.pairs(), limit))
     if not all_pairs:
         raise DataError(f"dataset {ds.name!r} split {ds.split!r} at {ds.root} has no usable pairs")
-    pairs, records = collect_images(all_pairs, ds, progress)
+    pairs, records = collect_images(all_pairs, ds, progress, ctx)
     if not pairs:
         raise DataError(f"dataset {ds.name!r}: every pair was skipped as invalid ({len(ds.skipped)} problems)")
     flags = [f for f in ds.difficulty_flags]
@@ -311,8 +342,16 @@ def run_benchmark(methods: str | Sequence[str], dataset: str, split: str | None 
             store = _FeatureStore(descriptor, cache, device)
             if device.startswith("cuda"):
                 torch.cuda.reset_peak_memory_stats()
-            used = [records[p] for p in dict.fromkeys(x for pair in pairs for x in (pair.source, pair.target))]
-            cost = store.fill(used, batch_size, progress)
+            used = sorted({records[x] for pair in pairs for x in (pair.source, pair.target)}, key=lambda r: r.sha256)
+            error = None
+            try:
+                cost = store.fill(ctx.shard(used), batch_size, progress)
+            except Exception as exc:  # agreed on below, so no rank waits forever for a failed one
+                error, cost = exc, {}
+            ctx.agree(error)
+            cost = _merge_costs(ctx.all_gather(cost), len(used))
+            if not ctx.is_main:
+                continue
             keypoints, preds, readout_s = evaluate_method(store, pairs, records, flags, progress)
             cost.update({"readout_seconds": readout_s, "readout_pairs_per_s": len(pairs) / readout_s if readout_s else None,
                          "peak_host_mb": _peak_host_mb(),
@@ -323,6 +362,9 @@ def run_benchmark(methods: str | Sequence[str], dataset: str, split: str | None 
     finally:
         if tmp_cache:
             shutil.rmtree(tmp_cache, ignore_errors=True)
+    ctx.barrier()
+    if not ctx.is_main:
+        return RunResult(None, pd.DataFrame(), pd.DataFrame(), {}, pd.DataFrame())
 
     summary_rows, breakdown_rows = [], []
     results_methods: dict[str, Any] = {}
@@ -367,7 +409,7 @@ def run_benchmark(methods: str | Sequence[str], dataset: str, split: str | None 
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "git_hash": _git_hash(),
         "command": sys.argv,
-        "env": _environment(device),
+        "env": {**_environment(device), "processes": ctx.world_size},
         "dataset": {"name": ds.name, "version": ds.version, "split": ds.split, "root": str(ds.root),
                     "config": ds.config, "protocol": ds.protocol(), "plugin": ds_entry.plugin,
                     "n_pairs": len(pairs), "n_pairs_listed": len(all_pairs), "limit": limit,

@@ -1,31 +1,16 @@
 """The command line: the default run, files, errors, report, list, plugins."""
 
-import contextlib
-import io
 import json
 import subprocess
-import traceback
 import sys
 
 import pandas as pd
 import pytest
 
-from corrbench.cli import main
+from corrbench.testing import invoke_cli
 
 
-def _invoke(args):
-    """Run main() in-process like the console script; returns (exit code, stdout, stderr)."""
-    out, err = io.StringIO(), io.StringIO()
-    code = 0
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            main(list(args))
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else 1
-        except Exception:  # --debug re-raises: show it like Python would
-            traceback.print_exc(file=err)
-            code = 1
-    return code, out.getvalue(), err.getvalue()
+_invoke = invoke_cli
 
 
 def test_python_dash_m_runs_the_cli():
