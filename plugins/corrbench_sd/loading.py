@@ -26,7 +26,7 @@ from .configs import architecture
 COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer")
 WEIGHT_MODES = ("pretrained", "random")
 #: Seed of the random initialisation for ``weights=random`` (independent of the latent-sampling seed).
-RANDOM_WEIGHTS_SEED = 0
+RANDOM_WEIGHTS_SEED = 12345
 
 
 # --------------------------------------------------------------------------------------------------
@@ -194,6 +194,16 @@ def _load_diffusers(source: ModelSource, subfolder: str, cls, dtype_name: str):
         return _from_pretrained(source, subfolder, _diffusers_loader(cls, None), **kwargs)
 
 
+def _check_tokenizer(tok, source: ModelSource) -> None:
+    """transformers 5 can return a 2-token tokenizer instead of failing when the vocabulary files are
+    missing; such a tokenizer would silently turn every prompt into padding."""
+    vocab = len(tok)
+    max_length = getattr(tok, "model_max_length", 0) or 0
+    if vocab < 3 or not 0 < max_length < 100_000:
+        raise WeightsError(f"the tokenizer of {source.where} is incomplete ({vocab} tokens, model_max_length "
+                           f"{max_length}): its vocabulary files are missing; {how_to_get(source)}")
+
+
 class _quiet_diffusers:
     """Silence diffusers' logger inside the block (its dtype-cast advice does not apply to SD)."""
 
@@ -292,8 +302,11 @@ class SDComponents:
         else:
             try:  # random weights: use a cached real tokenizer if one happens to be present
                 tok = CLIPTokenizer.from_pretrained(self.source.hub_id, subfolder="tokenizer", local_files_only=True)
+                _check_tokenizer(tok, self.source)
             except Exception:
                 tok = None
+        if tok is not None:
+            _check_tokenizer(tok, self.source)
         self._tokenizer, self._tokenizer_loaded = tok, True
         return tok
 
