@@ -304,7 +304,7 @@ class CUBDataset(Dataset):
     verify_splits = ("test",)
     licence = ("No licence stated; the bundled README asks for a citation. Images are Flickr photos (and overlap "
                "ImageNet): research use only, do not redistribute.")
-    how_to_get = ("Run `corrbench data download cub` (about 1.1 GB from data.caltech.edu), or fetch "
+    how_to_get = ("Run `corrbench data download cub` (from data.caltech.edu), or fetch "
                   f"{CUB_URL}, unpack it and pass --data-root .../CUB_200_2011 (or set $CORRBENCH_DATA to its "
                   "parent folder).")
 

@@ -192,7 +192,7 @@ class SPairDataset(Dataset):
     sha256: str | None = None  # not published; the download manifest records the one computed
     licence = ("No open licence. Images and metadata come from PASCAL VOC and Flickr; their terms apply. "
                "Research use only; do not redistribute.")
-    how_to_get = ("Run `corrbench data download spair` (about 1.3 GB from cvlab.postech.ac.kr), or fetch "
+    how_to_get = ("Run `corrbench data download spair` (from cvlab.postech.ac.kr), or fetch "
                   f"{SPAIR_URL}, unpack it and pass --data-root .../SPair-71k (or set $CORRBENCH_DATA to its "
                   "parent folder).")
 
