@@ -142,7 +142,8 @@ def extract(method, images, more_images, out_file, overrides, raw, device, batch
 
     written = extract_to_file(method, [*images, *more_images], out_file, overrides=list(overrides), raw=raw,
                               device=device, batch_size=batch_size)
-    click.echo(f"wrote {len(written)} tensors to {out_file}")
+    if written:  # under torchrun only rank 0 writes and reports
+        click.echo(f"wrote {len(written)} tensors to {out_file}")
 
 
 _commands_added = False

@@ -14,6 +14,7 @@ from .cache import atomic_write_bytes
 from .config import parse_overrides, resolve_overrides
 from .errors import DataError, UsageError
 from .images import load_rgb, to_input
+from .distributed import DistContext, init_from_env
 from .plugins import get_host
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
@@ -39,6 +40,15 @@ def gather_images(paths: Sequence[Path]) -> list[Path]:
 
 def extract_to_file(method: str, images: Sequence[Path], out_file: Path, overrides: Any = None, raw: bool = False,
                     device: str = "cpu", batch_size: int = 8) -> list[str]:
+    ctx, device = init_from_env(device)
+    try:
+        return _extract(ctx, method, images, out_file, overrides, raw, device, batch_size)
+    finally:
+        ctx.close()
+
+
+def _extract(ctx: DistContext, method: str, images: Sequence[Path], out_file: Path, overrides: Any, raw: bool,
+             device: str, batch_size: int) -> list[str]:
     host = get_host()
     entry = host.methods.entry(method)
     cls = entry.load()
@@ -49,7 +59,7 @@ def extract_to_file(method: str, images: Sequence[Path], out_file: Path, overrid
     paths = gather_images(images)
     tensors: dict[str, torch.Tensor] = {}
     groups: dict[tuple[int, int], list[tuple[Path, Any]]] = {}
-    for p in paths:
+    for p in ctx.shard(paths):  # under torchrun each rank describes its share; rank 0 writes the file
         img = load_rgb(p)
         groups.setdefault(prep.load_hw(img.size), []).append((p, img))
     for group in groups.values():
@@ -64,6 +74,10 @@ def extract_to_file(method: str, images: Sequence[Path], out_file: Path, overrid
                 out = descriptor.describe(batch)
             for (p, _), t in zip(chunk, out):
                 tensors[p.stem] = t.detach().cpu().contiguous()
+    shares = ctx.all_gather(tensors)
+    if not ctx.is_main:
+        return []
+    tensors = {p.stem: share[p.stem] for p in paths for share in shares if p.stem in share}
     meta = {"method": entry.name, "raw": str(raw).lower(),
             "config": json.dumps(descriptor.config, sort_keys=True, default=str),
             "preprocess": json.dumps(prep.as_dict(), sort_keys=True),

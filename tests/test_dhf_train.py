@@ -136,7 +136,7 @@ def test_training_lowers_the_loss_and_writes_official_checkpoints(tmp_path, disc
                       val_pairs=disc_pairs[10:], progress=False)
     rows = tr.read_metrics(tmp_path / "metrics.jsonl")
     assert tr.mean_loss(rows, 51, 60) < 0.8 * tr.mean_loss(rows, 1, 10)
-    assert [h["step"] for h in result["validation"]] == [30, 60]
+    assert [h["step"] for h in result["validation"]] == [0, 30, 60]
     assert all(0 <= h["pck@0.10_bbox"] <= 100 for h in result["validation"])
     names = sorted(p.name for p in tmp_path.glob("checkpoint_step_*.pt"))
     assert names == ["checkpoint_step_25.pt", "checkpoint_step_50.pt", "checkpoint_step_60.pt"]
@@ -167,7 +167,7 @@ def test_resume_after_interruption_is_exact(tmp_path, disc_pairs):
     rows_b = tr.read_metrics(tmp_path / "b" / "metrics.jsonl")
     strip = lambda rows: [{k: v for k, v in r.items() if k != "seconds"} for r in rows]  # noqa: E731
     assert strip(rows_a) == strip(rows_b)  # lines written after step 8 before the stop were dropped
-    assert [v["step"] for v in straight["validation"]] == [7, 14]
+    assert [v["step"] for v in straight["validation"]] == [0, 7, 14]
     assert resumed["validation"] == straight["validation"][-1:]  # the same validation numbers at step 14
 
 

@@ -1,7 +1,6 @@
 """Plugin host: entry-point loading, isolation of broken plugins, strict mode, clashes, listing."""
 
 import types
-import warnings
 from importlib import metadata
 
 import pytest

@@ -9,16 +9,15 @@ import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-import numpy as np
 import pytest
+import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
 from corrbench.config import parse_overrides, parse_value
-from corrbench.errors import CorrbenchError, DataError, UsageError, WeightsError
+from corrbench.errors import DataError, UsageError, WeightsError
 from corrbench.images import MAX_PIXELS, inspect_image, load_rgb
 from corrbench.testing import invoke_cli
 
@@ -188,3 +187,56 @@ def test_hostile_cli_values_are_usage_errors(synthetic_dataset):
         code, _, err = invoke_cli(args)
         assert code == 2, (args, err)
         assert err.strip().splitlines()[-1].startswith("error:") and "Traceback" not in err, (args, err)
+
+
+def test_concurrent_writers_of_one_cache_never_corrupt_it(tmp_path):
+    """Two runs sharing a cache may write the same entry at once: atomic renames keep every read whole."""
+    import threading
+    import warnings
+
+    from corrbench.cache import FeatureCache
+
+    ident = {"method": "m", "config": {}}
+    writers = [FeatureCache(tmp_path, "m", ident) for _ in range(2)]
+    reader = FeatureCache(tmp_path, "m", ident)
+    tensor = torch.arange(64 * 64, dtype=torch.float32).reshape(1, 64, 64)
+    stop = threading.Event()
+    bad = []
+
+    def write(cache):
+        while not stop.is_set():
+            cache.put("ee" * 32, tensor, {"k": "v"})
+
+    threads = [threading.Thread(target=write, args=(w,)) for w in writers]
+    for t in threads:
+        t.start()
+    try:
+        deadline = time.time() + 2
+        while time.time() < deadline:
+            with warnings.catch_warnings(record=True) as w:
+                warnings.simplefilter("always")
+                got = reader.get("ee" * 32)
+            if w or (got is not None and not torch.equal(got[0], tensor)):
+                bad.append(w)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert not bad
+
+
+@pytest.mark.slow
+def test_extract_under_two_processes_equals_one(tmp_path, synthetic_dataset):
+    from safetensors.torch import load_file
+
+    images = sorted((synthetic_dataset.layout_root / "JPEGImages" / "fish").glob("*.jpg"))[:5]
+    one = _run(["extract", "--method", "dsift", "--images", *map(str, images), "--out", str(tmp_path / "one.safetensors")])
+    assert one.returncode == 0, one.stderr
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+                          "--master-addr", "127.0.0.1", "--master-port", str(_free_port()), "-m", "corrbench",
+                          "extract", "--method", "dsift", "--images", *map(str, images),
+                          "--out", str(tmp_path / "two.safetensors")], capture_output=True, text=True)
+    assert two.returncode == 0, two.stderr
+    a, b = load_file(str(tmp_path / "one.safetensors")), load_file(str(tmp_path / "two.safetensors"))
+    assert sorted(a) == sorted(b) == sorted(p.stem for p in images)
+    assert all(torch.equal(a[k], b[k]) for k in a)

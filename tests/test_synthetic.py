@@ -3,7 +3,6 @@
 import hashlib
 import json
 
-import pandas as pd
 import pytest
 
 from corrbench.runner import run_benchmark
