@@ -7,6 +7,7 @@ in the content-addressed cache (:mod:`corrbench.cache`), so a rerun only reads t
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import os
 import resource
 import shutil
@@ -33,7 +34,7 @@ from .config import parse_overrides, resolve_overrides
 from .distributed import DistContext, init_from_env
 from .errors import DataError, UsageError
 from .images import ImageRecord, inspect_image, load_rgb, to_input, to_load, to_original
-from .metrics import ALPHAS, pck_table
+from .metrics import ALPHAS, correct, pck_table
 from .plugins import get_host
 from .readout import nn_transfer, target_norms
 from .results import SUMMARY_COLUMNS, headline_table, render, write_csv, write_json, write_jsonl
@@ -138,10 +139,15 @@ class _FeatureStore:
         return self._norms[rec.sha256]
 
 
+@functools.lru_cache(maxsize=None)
+def _distributions_by_package() -> dict[str, list[str]]:
+    return metadata.packages_distributions()  # scans every installed distribution: once per process
+
+
 def _plugin_version(cls: type) -> str:
     top = cls.__module__.split(".")[0]
     try:
-        for dist in metadata.packages_distributions().get(top, []):
+        for dist in _distributions_by_package().get(top, []):
             return metadata.version(dist)
     except Exception:  # metadata lookups never decide whether a run works
         pass
@@ -256,10 +262,12 @@ def evaluate_method(store: _FeatureStore, pairs: Sequence[Pair], records: dict[P
                                     target_norm=store.target_norm(tgt_rec))
         pred = to_original(pred_load.cpu().numpy(), tgt_rec.size, t_hw)
         dist = np.linalg.norm(pred - pair.target_points, axis=1)
+        # the DHF notebooks score in the load frame instead (pitfall P11): logged, not the headline
+        dist_load = np.linalg.norm(pred_load.cpu().numpy() - to_load(pair.target_points, tgt_rec.size, t_hw), axis=1)
         l_bbox, l_img = _reference_lengths(pair, tgt_rec.size)
         for k, d in enumerate(dist):
             row = {"pair_id": pair.id, "category": pair.category or "-", "dist": float(d),
-                   "L_bbox": l_bbox, "L_img": l_img}
+                   "L_bbox": l_bbox, "L_img": l_img, "dist_load": float(dist_load[k]), "L_load": float(max(t_hw))}
             for flag in flags:
                 row[flag] = pair.metadata.get(flag, "-")
             rows.append(row)
@@ -379,6 +387,8 @@ def _run(ctx: DistContext, host, method_classes, method_cfgs, ds_entry, ds_cls, 
         breakdown_rows.append(table[table["group"] != "all"])
         point = overall[overall["average"] == "point"]
         metrics = {f"pck@{a:.2f}_{norm}": float(v) for a, norm, v in zip(point["alpha"], point["norm"], point["value"])}
+        kp = mr.keypoints
+        metrics["pck@0.10_img_loadframe"] = float(100 * correct(kp["dist_load"], 0.1 * kp["L_load"], compare).mean())
         per_category = {
             str(level): {f"pck@{a:.2f}_{norm}": float(v) for a, norm, v in zip(g["alpha"], g["norm"], g["value"])}
             for level, g in table[(table["group"] == "category") & (table["average"] == "point")].groupby("level")
@@ -415,6 +425,8 @@ def _run(ctx: DistContext, host, method_classes, method_cfgs, ds_entry, ds_cls, 
                     "n_pairs": len(pairs), "n_pairs_listed": len(all_pairs), "limit": limit,
                     "n_images": len(records), "skipped": list(ds.skipped)},
         "protocol": {"alphas": list(alphas), "compare": compare, "frame": "original target image",
+                     "also_logged": "pck@0.10_img_loadframe: distances and L = max(load H, W) in the target load "
+                                    "frame, as the DHF notebooks score (paper-protocol.md P11)",
                      "norms": {"bbox": "max side of the target box", "img": "max(W, H) of the target image"},
                      "averages": {"point": "pooled over keypoints", "image": "mean of per-pair accuracy"}},
         "higher_is_better": {"pck": True},
