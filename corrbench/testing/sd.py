@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+import warnings
 from pathlib import Path
 
 #: The paper's DDIM configuration (DHF builds this scheduler itself; see paper-protocol §2.3).
@@ -157,9 +158,11 @@ def make_tiny_sd(
             eos_token_id=vocab["<|endoftext|>"],
             pad_token_id=vocab["<|endoftext|>"],
         ))
-    scheduler = DDIMScheduler(**PAPER_DDIM_CONFIG)
-    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
-                                   scheduler=scheduler, safety_checker=None, feature_extractor=None,
-                                   requires_safety_checker=False)
+    with warnings.catch_warnings():  # diffusers asks for steps_offset=1; 0 is DHF's setting
+        warnings.simplefilter("ignore", FutureWarning)
+        scheduler = DDIMScheduler(**PAPER_DDIM_CONFIG)
+        pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+                                       scheduler=scheduler, safety_checker=None, feature_extractor=None,
+                                       requires_safety_checker=False)
     pipe.save_pretrained(path)
     return path
