@@ -186,3 +186,74 @@ def test_resume_from_an_explicit_file_and_fresh_start_without_checkpoints(tmp_pa
                   resume=tmp_path / "x" / "checkpoint_step_2.pt", progress=False)
     assert r2["steps"] == 3
     assert len(tr.read_metrics(tmp_path / "y" / "metrics.jsonl")) == 1  # only step 3 was trained here
+
+
+# -- with the real extractor on a tiny random-weight SD ------------------------------------------------------------
+SD_FAST = ["sd.image_size=64", "sd.output_resolution=16"]
+
+
+@pytest.fixture(scope="module")
+def tiny_sd(tmp_path_factory):
+    pytest.importorskip("diffusers")
+    from corrbench.testing.sd import make_tiny_sd
+
+    return make_tiny_sd(tmp_path_factory.mktemp("train-sd") / "sd")
+
+
+def sd_source(tiny_sd, one_step=True, steps=10):
+    from corrbench_dhf.slots import LAYERS
+    from corrbench_sd.extractor import SDFeatureExtractor
+
+    ex = SDFeatureExtractor(str(tiny_sd), image_size=64, output_resolution=16, num_steps=steps)
+    return tr.SDFeatureSource(ex, (steps - 1,) if one_step else (steps - 1, steps // 2, 0), [tuple(x) for x in LAYERS],
+                              one_step=one_step)
+
+
+def test_tiny_sd_training_lowers_the_loss(tmp_path, tiny_sd, disc_pairs):
+    source = sd_source(tiny_sd)
+    tr.train(source, disc_pairs[:4], tmp_path, settings(steps=24, ckpt_every=24), progress=False)
+    rows = tr.read_metrics(tmp_path / "metrics.jsonl")
+    assert tr.mean_loss(rows, 17, 24) < tr.mean_loss(rows, 1, 8)
+    cfg = ck.load_checkpoint(tmp_path / "aggregation_network.pt").config
+    assert cfg["model_id"] == str(tiny_sd) and cfg["save_timestep"] == [9] and cfg["one_step"] is True
+
+
+def test_tiny_sd_multi_step_resume_is_exact(tmp_path, tiny_sd, disc_pairs):
+    kw = dict(steps=5, ckpt_every=2)
+    tr.train(sd_source(tiny_sd, one_step=False), disc_pairs[:4], tmp_path / "a", settings(**kw), progress=False)
+    tr.train(sd_source(tiny_sd, one_step=False), disc_pairs[:4], tmp_path / "b", settings(**kw), progress=False,
+             stop_after=3)
+    tr.train(sd_source(tiny_sd, one_step=False), disc_pairs[:4], tmp_path / "b", settings(**kw), progress=False,
+             resume=True)
+    a = ck.load_checkpoint(tmp_path / "a" / "aggregation_network.pt")
+    b = ck.load_checkpoint(tmp_path / "b" / "aggregation_network.pt")
+    assert a.num_timesteps == 3
+    for k in a.state_dict:
+        assert torch.equal(a.state_dict[k], b.state_dict[k]), k
+
+
+def test_train_command_on_synthetic_then_resume(tmp_path, tiny_sd):
+    from click.testing import CliRunner
+
+    from corrbench.cli import build_cli
+
+    out = tmp_path / "run"
+    base = ["train", "dhf", "--dataset", "synthetic", "--split", "trn", "--one-step", "--load-size", "32",
+            "--projection-dim", "32", "--norm-groups", "8", "--val-split", "val", "--val-limit", "2",
+            "--val-every", "2", "--ckpt-every", "2", "--out", str(out), "--quiet", "--set", f"sd.model={tiny_sd}"]
+    for s in SD_FAST:
+        base += ["--set", s]
+    res = CliRunner().invoke(build_cli(), base + ["--steps", "4"])
+    assert res.exit_code == 0, res.output
+    assert "checkpoint:" in res.output and "validation (val, 2 pairs)" in res.output
+    rows = tr.read_metrics(out / "metrics.jsonl")
+    assert [r["step"] for r in rows if "loss" in r] == [1, 2, 3, 4]
+    assert [r["step"] for r in rows if "val_pck@0.10_bbox" in r] == [0, 2, 4]
+    res = CliRunner().invoke(build_cli(), base + ["--steps", "6", "--resume"])
+    assert res.exit_code == 0, res.output
+    rows = tr.read_metrics(out / "metrics.jsonl")
+    assert [r["step"] for r in rows if "loss" in r] == [1, 2, 3, 4, 5, 6]
+    raw = torch.load(out / "checkpoint_step_6.pt", weights_only=True)
+    assert raw["step"] == 6 and raw["config"]["dataset"] == "synthetic" and raw["config"]["load_resolution"] == 32
+    bad = CliRunner().invoke(build_cli(), base + ["--steps", "0"])
+    assert bad.exit_code != 0 and "--steps must be at least 1" in str(bad.exception)

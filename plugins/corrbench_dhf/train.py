@@ -287,6 +287,11 @@ def train(source: FeatureSource, pairs: Sequence[Pair], out_dir: str | os.PathLi
     history: list[dict[str, Any]] = []
     last_loss = float("nan")
     started = step
+    if val_pairs and step == 0:  # the untrained baseline, so the log shows what training changed
+        scores = validate(network, source, val_pairs, val_load, device)
+        scores["step"] = 0
+        history.append(scores)
+        log.write({"step": 0, **{f"val_{k}": v for k, v in scores.items() if k != "step"}})
     bar = tqdm(total=settings.steps, initial=step, desc="train dhf", unit="pair", disable=not progress or None)
     t0 = time.perf_counter()
     while step < settings.steps:
