@@ -181,7 +181,7 @@ class Comparison:
             shown = table.copy()
             for col in ("baseline", "results", "delta"):
                 shown[col] = [_fmt_value(v, signed=(col == "delta")) for v in shown[col]]
-            body = shown.to_markdown(index=False) if not shown.empty else "(no cells differ)"
+            body = shown.to_markdown(index=False, disable_numparse=True) if not shown.empty else "(no cells differ)"
             return body + "\n"
         raise UsageError(f"unknown format {fmt!r}; use md or csv")
 
