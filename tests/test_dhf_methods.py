@@ -205,6 +205,21 @@ def test_offline_auto_weights_fail_with_one_clear_error(tiny_sd):
         DHF(method_config(tiny_sd)).describe(torch.rand(1, 3, 32, 32))
 
 
+def test_dhf_namespace_reaches_every_dhf_row():
+    """`--set dhf.weights=...` and `--set sd.model=...` apply to all DHF rows of a run (shared namespaces)."""
+    from corrbench.config import parse_overrides, resolve_overrides
+
+    classes = {"dhf-one-step": DHFOneStep, "sd-layer-pruned": SDLayerPruned, "dhf-pruned": DHFPruned,
+               "dhf-sd21": DHFSD21}
+    cfgs, _ = resolve_overrides(parse_overrides(["dhf.weights=random", "sd.model=X", "dhf.sd_weights=random",
+                                                 "dhf-pruned.weights=Y"]), classes)
+    for name, cfg in cfgs.items():
+        assert cfg["model"] == "X" and cfg["sd_weights"] == "random"
+        assert cfg["weights"] == ("Y" if name == "dhf-pruned" else "random")
+    with pytest.raises(UsageError, match="no key"):
+        resolve_overrides(parse_overrides(["sd.raw_indices=[1]"]), classes)  # the SD rows' raw export, not DHF's
+
+
 def test_sd21_variant_defaults():
     d = DHFSD21()
     assert d.config["model"] == "stabilityai/stable-diffusion-2-1-base"

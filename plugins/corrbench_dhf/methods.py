@@ -306,6 +306,8 @@ class SDLayerPruned(_PrunedBase):
 
     name = "sd-layer-pruned"
     description = "SD-Layer-Pruned: raw SD feature of the (timestep, layer) slot with the largest dhf mixing weight"
+    # a raw map has up to 1,280 channels (21 MB per image in float32): cached as float16 like the SD raw rows
+    cache_dtype = "float16"
 
     def extract(self, images):
         return self._raw_map(images)

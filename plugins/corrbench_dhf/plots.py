@@ -157,14 +157,21 @@ def plot_matches(run_dir: str | os.PathLike, pair_id: str, out_file: str | os.Pa
         if k == 0:
             ax.scatter(src_pts[:, 0], src_pts[:, 1], s=60, c=colours, edgecolors="white", linewidths=1.2)
         else:
-            ax.scatter(tgt_pts[:, 0], tgt_pts[:, 1], s=60, c=colours, edgecolors="white", linewidths=1.2,
-                       label="ground truth")
+            ax.scatter(tgt_pts[:, 0], tgt_pts[:, 1], s=60, c=colours, edgecolors="white", linewidths=1.2)
             ax.scatter(pred[:, 0], pred[:, 1], s=90, marker="X", c=np.where(ok, "lime", "red"),
-                       edgecolors="black", linewidths=0.8, label="prediction (green: correct)")
+                       edgecolors="black", linewidths=0.8)
             for p, t, good in zip(pred, tgt_pts, ok):
                 if not good:
                     ax.plot([p[0], t[0]], [p[1], t[1]], color="red", linewidth=1, alpha=0.8)
-            ax.legend(loc="lower right", fontsize=7)
+            from matplotlib.lines import Line2D
+
+            handles = [Line2D([], [], marker="o", linestyle="", markerfacecolor="grey", markeredgecolor="white",
+                              label="ground truth (colour = keypoint)"),
+                       Line2D([], [], marker="X", linestyle="", markerfacecolor="lime", markeredgecolor="black",
+                              label=f"prediction, correct (≤ {alpha:g}·L_{norm})"),
+                       Line2D([], [], marker="X", linestyle="", markerfacecolor="red", markeredgecolor="black",
+                              label="prediction, wrong (line to its truth)")]
+            ax.legend(handles=handles, loc="lower right", fontsize=7)
     fig.suptitle(f"{row.get('method', '?')} · pair {pair_id} · PCK@{alpha:g} ({norm}) "
                  f"{100 * ok.mean():.1f}% ({int(ok.sum())}/{len(ok)})", fontsize=10)
     fig.tight_layout()
