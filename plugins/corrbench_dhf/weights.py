@@ -60,7 +60,7 @@ def download(repo: str, filename: str) -> Path:
     try:
         return Path(hf_hub_download(repo, filename, **kwargs))
     except Exception as exc:  # offline, missing file, no connection: all the same to the user
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        reason = str(exc).strip().splitlines()[0].rstrip(".") if str(exc).strip() else type(exc).__name__
         offline = " (HF_HUB_OFFLINE is set)" if os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0") else ""
         raise WeightsError(f"could not get {filename} from the Hugging Face repo {repo}{offline}: "
                            f"{type(exc).__name__}: {reason}. To fix: {how_to_get(repo, filename)}") from exc
