@@ -996,6 +996,7 @@ def run_table(plan: Plan, *, data_roots: Any = None, batch_size: int = 8, out_di
             continue
         if result.out_dir is not None:
             run_dirs[dp.spec.name] = str(result.out_dir)
+        dp.pairs, dp.images, dp.counted = result.results["dataset"]["n_pairs"], result.results["dataset"]["n_images"], True
         for method, entry in result.results["methods"].items():
             for norm in NORMS:
                 value = entry["metrics"].get(metric_key(norm))
