@@ -255,5 +255,11 @@ def test_train_command_on_synthetic_then_resume(tmp_path, tiny_sd):
     assert [r["step"] for r in rows if "loss" in r] == [1, 2, 3, 4, 5, 6]
     raw = torch.load(out / "checkpoint_step_6.pt", weights_only=True)
     assert raw["step"] == 6 and raw["config"]["dataset"] == "synthetic" and raw["config"]["load_resolution"] == 32
+    multi = [a if a != str(out) else str(tmp_path / "multi") for a in base if a != "--one-step"]
+    res = CliRunner().invoke(build_cli(), multi + ["--steps", "1", "--save-indices", "9,5,0", "--set", "sd.num_steps=10",
+                                                   "--val-split", "none"])
+    assert res.exit_code == 0, res.output
+    multi_ckpt = ck.load_checkpoint(tmp_path / "multi" / "aggregation_network.pt")
+    assert multi_ckpt.num_timesteps == 3 and multi_ckpt.config["save_timestep"] == [9, 5, 0]
     bad = CliRunner().invoke(build_cli(), base + ["--steps", "0"])
     assert bad.exit_code != 0 and "--steps must be at least 1" in str(bad.exception)

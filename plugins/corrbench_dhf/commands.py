@@ -89,6 +89,9 @@ def _val_split(ds_cls, requested: str | None) -> str | None:
 @click.option("--resume", is_flag=True, help="Continue from the newest checkpoint_step_*.pt in --out.")
 @click.option("--resume-from", type=click.Path(path_type=Path, exists=True), default=None,
               help="Continue from this checkpoint.")
+@click.option("--save-indices", default=None,
+              help="Saved inversion step indices, clean first (default: the paper's 49,45,...,5,0; needs "
+                   "sd.num_steps above the largest).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Network initialisation and data order.")
 @click.option("--projection-dim", type=int, default=384, show_default=True)
 @click.option("--norm-groups", type=int, default=32, show_default=True)
@@ -100,8 +103,8 @@ def _val_split(ds_cls, requested: str | None) -> str | None:
                    "<dataset>.<key>.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def train_dhf(dataset, split, data_root, steps, lr, one_step, model, load_size, val_split, val_limit, val_every,
-              val_load_size, ckpt_every, limit, out_dir, resume, resume_from, seed, projection_dim, norm_groups,
-              device, skip_invalid, wandb_project, sets, quiet) -> None:
+              val_load_size, ckpt_every, limit, out_dir, resume, resume_from, save_indices, seed, projection_dim,
+              norm_groups, device, skip_invalid, wandb_project, sets, quiet) -> None:
     """Train the Diffusion Hyperfeatures aggregation network (paper-protocol §5)."""
     from corrbench.plugins import get_host
     from corrbench_sd.methods import SD_SHARED_DEFAULTS, make_extractor
@@ -126,7 +129,18 @@ def train_dhf(dataset, split, data_root, steps, lr, one_step, model, load_size, 
     sd_cfg["model"] = MODEL_SHORTCUTS.get(model, model) if "model" not in sd_sets else sd_sets["model"]
     extractor = make_extractor(sd_cfg, device)
     num_steps = extractor.num_steps
-    indices = (num_steps - 1,) if one_step else PAPER_SAVE_INDICES
+    if one_step:
+        if save_indices:
+            raise UsageError("--save-indices does not apply to --one-step (the single clean pass)")
+        indices = (num_steps - 1,)
+    elif save_indices:
+        try:
+            indices = tuple(int(k) for k in str(save_indices).replace(" ", "").strip("[]").split(","))
+        except ValueError:
+            raise UsageError(f"--save-indices {save_indices!r}: expected integers such as 49,45,40") from None
+    else:
+        indices = PAPER_SAVE_INDICES
+    extractor.schedule.check_indices(indices)
     source = SDFeatureSource(extractor, indices, LAYERS, one_step=one_step)
 
     ds = ds_cls(root=data_root, split=split, config=ds_cfg, skip_invalid=skip_invalid)
