@@ -29,6 +29,9 @@ import torch.nn.functional as F
 
 from .api import FeatureGrid
 
+#: Bump when the readout's arithmetic changes: cached predictions (see runner.py) are keyed by it.
+READOUT_VERSION = "1"
+
 
 def axis_weights(out_size: int, in_size: int, stride: float, offset: float) -> tuple[torch.Tensor, torch.Tensor]:
     """For each output pixel: the lower input cell ``i0`` and the weight of cell ``i0 + 1``."""
@@ -95,11 +98,15 @@ def sample_points(fmap: torch.Tensor, grid: FeatureGrid, load_hw: tuple[int, int
     """The upsampled descriptors U(F) at integer load pixels ``px`` (N×2 x, y) → N×C (float64)."""
     h, w = fmap.shape[-2:]
     i0, wy, j0, wx = _axes(grid, load_hw, (h, w))
-    t = _pad_replicate(fmap.double())
     ys, xs = px[:, 1], px[:, 0]
     I, J, b, d = i0[ys], j0[xs], wy[ys], wx[xs]
-    return (((1 - b) * (1 - d))[:, None] * t[:, I, J].T + ((1 - b) * d)[:, None] * t[:, I, J + 1].T
-            + (b * (1 - d))[:, None] * t[:, I + 1, J].T + (b * d)[:, None] * t[:, I + 1, J + 1].T)
+    I1, J1 = (I + 1).clamp(max=h - 1), (J + 1).clamp(max=w - 1)  # clamping = the replicated border
+
+    def cells(rows, cols):  # gather the corner cells first, convert only those
+        return fmap[:, rows, cols].T.double()
+
+    return (((1 - b) * (1 - d))[:, None] * cells(I, J) + ((1 - b) * d)[:, None] * cells(I, J1)
+            + (b * (1 - d))[:, None] * cells(I1, J) + (b * d)[:, None] * cells(I1, J1))
 
 
 def nn_transfer(source_map: torch.Tensor, target_map: torch.Tensor,

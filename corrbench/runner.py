@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import datetime as _dt
 import functools
+import hashlib
+import io
 import os
 import resource
 import shutil
@@ -36,7 +38,7 @@ from .errors import DataError, UsageError
 from .images import ImageRecord, inspect_image, load_rgb, to_input, to_load, to_original
 from .metrics import ALPHAS, correct, pck_table
 from .plugins import get_host
-from .readout import nn_transfer, target_norms
+from .readout import READOUT_VERSION, nn_transfer, target_norms
 from .results import SUMMARY_COLUMNS, headline_table, render, write_csv, write_json, write_jsonl
 
 
@@ -128,6 +130,27 @@ class _FeatureStore:
         if len(self._lru) > self._size:
             self._lru.popitem(last=False)
         return entry
+
+    # Predictions are cached too (hloc's "work already done is skipped"): a warm rerun then only scores.
+    def _prediction_path(self, src: ImageRecord, tgt: ImageRecord, points_load: torch.Tensor) -> Path:
+        key = hashlib.sha256(f"{READOUT_VERSION}|{src.sha256}|{tgt.sha256}|".encode()
+                             + points_load.double().numpy().tobytes()).hexdigest()
+        return self.cache.dir / "predictions" / key[:2] / f"{key}.npy"
+
+    def cached_prediction(self, src: ImageRecord, tgt: ImageRecord, points_load: torch.Tensor) -> torch.Tensor | None:
+        path = self._prediction_path(src, tgt, points_load)
+        try:
+            pred = np.load(path, allow_pickle=False)
+        except (OSError, ValueError, EOFError):
+            return None  # absent, or unreadable: recomputed and rewritten
+        if pred.shape != (len(points_load), 2):
+            return None
+        return torch.from_numpy(pred)
+
+    def keep_prediction(self, src: ImageRecord, tgt: ImageRecord, points_load: torch.Tensor, pred: torch.Tensor) -> None:
+        buf = io.BytesIO()
+        np.save(buf, pred.detach().cpu().double().numpy(), allow_pickle=False)
+        atomic_write_bytes(self._prediction_path(src, tgt, points_load), buf.getvalue())
 
     def target_norm(self, rec: ImageRecord) -> torch.Tensor:
         """Per-pixel norms of the upsampled map, computed once per target image (see readout.py)."""
@@ -251,15 +274,20 @@ def evaluate_method(store: _FeatureStore, pairs: Sequence[Pair], records: dict[P
     for pair in tqdm(sorted(pairs, key=lambda p: (str(p.source), str(p.target))), desc=f"{descriptor.name}: match",
                      unit="pair", disable=not progress or None, leave=False):
         src_rec, tgt_rec = records[pair.source], records[pair.target]
-        s_map, s_grid, s_hw = store.get(src_rec)
-        t_map, t_grid, t_hw = store.get(tgt_rec)
+        prep = descriptor.preprocessing()
+        s_hw, t_hw = prep.load_hw(src_rec.size), prep.load_hw(tgt_rec.size)
         src_load = torch.from_numpy(to_load(pair.source_points, src_rec.size, s_hw))
-        if isinstance(descriptor, PairConditionedDescriptor):
-            with torch.inference_mode():
-                pred_load = descriptor.transfer(s_map, t_map, s_grid, t_grid, s_hw, t_hw, src_load)
-        else:
-            pred_load = nn_transfer(s_map, t_map, s_grid, t_grid, s_hw, t_hw, src_load,
-                                    target_norm=store.target_norm(tgt_rec))
+        pred_load = store.cached_prediction(src_rec, tgt_rec, src_load)
+        if pred_load is None:
+            s_map, s_grid, s_hw = store.get(src_rec)
+            t_map, t_grid, t_hw = store.get(tgt_rec)
+            if isinstance(descriptor, PairConditionedDescriptor):
+                with torch.inference_mode():
+                    pred_load = descriptor.transfer(s_map, t_map, s_grid, t_grid, s_hw, t_hw, src_load)
+            else:
+                pred_load = nn_transfer(s_map, t_map, s_grid, t_grid, s_hw, t_hw, src_load,
+                                        target_norm=store.target_norm(tgt_rec))
+            store.keep_prediction(src_rec, tgt_rec, src_load, pred_load)
         pred = to_original(pred_load.cpu().numpy(), tgt_rec.size, t_hw)
         dist = np.linalg.norm(pred - pair.target_points, axis=1)
         # the DHF notebooks score in the load frame instead (pitfall P11): logged, not the headline
