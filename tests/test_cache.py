@@ -43,3 +43,22 @@ def test_no_temporary_files_left_behind(tmp_path):
     for i in range(3):
         cache.put(f"{i:02d}" * 32, torch.zeros(1, 2, 2), {})
     assert not [p for p in tmp_path.rglob("*.tmp")]
+
+
+def test_warm_rerun_reuses_predictions_and_recovers_from_a_bad_one(tmp_path, synthetic_dataset, monkeypatch):
+    import corrbench.runner as runner
+
+    first = runner.run_benchmark("colour-patch", "synthetic", limit=5, cache_dir=tmp_path, progress=False)
+
+    def no_readout(*args, **kwargs):
+        raise AssertionError("the readout ran although its predictions were cached")
+
+    monkeypatch.setattr(runner, "nn_transfer", no_readout)
+    second = runner.run_benchmark("colour-patch", "synthetic", limit=5, cache_dir=tmp_path, progress=False)
+    assert first.summary.equals(second.summary)
+
+    victim = sorted(tmp_path.rglob("predictions/*/*.npy"))[0]
+    victim.write_bytes(b"garbage")
+    monkeypatch.undo()
+    third = runner.run_benchmark("colour-patch", "synthetic", limit=5, cache_dir=tmp_path, progress=False)
+    assert first.summary.equals(third.summary)
