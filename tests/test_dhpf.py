@@ -220,7 +220,8 @@ def test_mutual_nn_and_keypoint_transfer_hand_case():
     corr = torch.tensor([[0.9, 0.3], [0.6, 0.2], [0.0, 0.0]])
     m = rhm.mutual_nn(corr)
     # C ⊙ (C / row max) ⊙ (C / col max); the all-zero row stays zero (no NaN)
-    expected = torch.tensor([[0.9 * 1 * 1, 0.3 * (0.3 / 0.9) * 1], [0.6 * 1 * (0.6 / 0.9), 0.2 * (0.2 / 0.6) * (0.2 / 0.3)],
+    expected = torch.tensor([[0.9 * 1 * 1, 0.3 * (0.3 / 0.9) * 1],
+                             [0.6 * 1 * (0.6 / 0.9), 0.2 * (0.2 / 0.6) * (0.2 / 0.3)],
                              [0.0, 0.0]])
     torch.testing.assert_close(m, expected)
 
@@ -391,7 +392,8 @@ def test_pair_hyperimage_uses_the_gated_layers_upsampled_align_corners(make_dhpf
     hs, ht, used = d.hyperimages(maps[0], maps[1], (64, 64))
     assert used == [1, 6] and hs.shape == (32 + 64, 16, 16)
     part6 = unpack(maps[0], d._layout((64, 64)))[6]  # 8×8 native map of layer 6
-    torch.testing.assert_close(hs[32:], F.interpolate(part6[None], size=(16, 16), mode="bilinear", align_corners=True)[0])
+    upsampled = F.interpolate(part6[None], size=(16, 16), mode="bilinear", align_corners=True)[0]
+    torch.testing.assert_close(hs[32:], upsampled)
     grid = d.feature_grid((64, 64), tuple(maps.shape[-2:]))
     d.transfer(maps[0], maps[1], grid, grid, (64, 64), (64, 64), torch.tensor([[10.0, 10.0]]))
     assert d.run_info()["layers_per_pair"]["mean"] == 2 and d.run_info()["layer_selection_rate"] == {"1": 1.0, "6": 1.0}

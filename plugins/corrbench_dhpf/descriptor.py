@@ -88,7 +88,8 @@ class _Hyperpixels(PairConditionedDescriptor):
         except (TypeError, ValueError):
             raise UsageError(f"{self.name}.{key}={value!r}: expected a list of layer ids") from None
         if not ids or ids[0] < 0 or ids[-1] >= n:
-            raise UsageError(f"{self.name}.{key}={value!r}: ids must be within 0..{n - 1} for {self.config['backbone']}")
+            raise UsageError(f"{self.name}.{key}={value!r}: ids must be within 0..{n - 1} "
+                             f"for {self.config['backbone']}")
         return ids
 
     def _bin_ids(self, src_centres, tgt_centres, src_hw, tgt_hw, key) -> tuple[torch.Tensor, int, int]:

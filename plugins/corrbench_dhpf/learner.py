@@ -46,7 +46,8 @@ class Learner(nn.Module):
             nn.Sequential(nn.Conv2d(c, c // 8, 1, bias=False), nn.BatchNorm2d(c // 8), nn.ReLU())
             for c in channels])
         self.gumbel_ffns = nn.ModuleList([
-            nn.Sequential(nn.Conv2d(c, 32, 1, bias=False), nn.BatchNorm2d(32), nn.ReLU(), nn.Conv2d(32, 2, 1, bias=False))
+            nn.Sequential(nn.Conv2d(c, 32, 1, bias=False), nn.BatchNorm2d(32), nn.ReLU(),
+                          nn.Conv2d(32, 2, 1, bias=False))
             for c in channels])
 
     def cft(self, layer: int, fmap: torch.Tensor) -> torch.Tensor:

@@ -19,7 +19,8 @@ from corrbench.api import FeatureGrid
 _CHUNK = 256
 
 
-def nearest_cell(points: torch.Tensor, grid: FeatureGrid, feat_hw: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+def nearest_cell(points: torch.Tensor, grid: FeatureGrid,
+                 feat_hw: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
     """Row and column of the cell whose centre is nearest to each (x, y) point (ties go up), clipped."""
     h, w = feat_hw
     pts = points.double()
