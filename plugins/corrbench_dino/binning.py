@@ -20,20 +20,30 @@ def num_bins(hierarchy: int) -> int:
     return 1 + 8 * hierarchy
 
 
-def log_bin(x: torch.Tensor, hierarchy: int = 2) -> torch.Tensor:
-    """B×D×h×w → B×(D·(1 + 8·hierarchy))×h×w."""
+def bin_offsets(hierarchy: int) -> list[tuple[int, int, int]]:
+    """(level, dy, dx) of every bin, in output order."""
     if not isinstance(hierarchy, int) or hierarchy < 1:
         raise UsageError(f"hierarchy {hierarchy!r} must be a positive integer")
-    h, w = x.shape[-2:]
-    bins = []
+    out = []
     for k in range(hierarchy):
         s = 3 ** k
-        pooled = x if s == 1 else F.avg_pool2d(x, kernel_size=s, stride=1, padding=s // 2, count_include_pad=False)
-        # replicate padding by s makes P[clamp(y + dy), clamp(x + dx)] a plain slice
-        padded = F.pad(pooled, (s, s, s, s), mode="replicate")
-        for dy in (-s, 0, s):
-            for dx in (-s, 0, s):
-                if k > 0 and dy == 0 and dx == 0:
-                    continue
-                bins.append(padded[..., s + dy:s + dy + h, s + dx:s + dx + w])
+        out += [(k, dy, dx) for dy in (-s, 0, s) for dx in (-s, 0, s) if k == 0 or dy or dx]
+    return out
+
+
+def pooled_levels(x: torch.Tensor, hierarchy: int) -> list[torch.Tensor]:
+    """P_0 … P_{hierarchy−1}: the map average-pooled over 3^k × 3^k in-image cells (P_0 is the map)."""
+    return [x if k == 0 else F.avg_pool2d(x, kernel_size=3 ** k, stride=1, padding=3 ** k // 2,
+                                          count_include_pad=False)
+            for k in range(hierarchy)]
+
+
+def log_bin(x: torch.Tensor, hierarchy: int = 2) -> torch.Tensor:
+    """B×D×h×w → B×(D·(1 + 8·hierarchy))×h×w."""
+    offsets = bin_offsets(hierarchy)
+    h, w = x.shape[-2:]
+    levels = pooled_levels(x, hierarchy)
+    padded = [F.pad(p, (3 ** k,) * 4, mode="replicate") for k, p in enumerate(levels)]
+    # replicate padding by s makes P[clamp(y + dy), clamp(x + dx)] a plain slice
+    bins = [padded[k][..., 3 ** k + dy:3 ** k + dy + h, 3 ** k + dx:3 ** k + dx + w] for k, dy, dx in offsets]
     return torch.cat(bins, dim=1)

@@ -7,9 +7,11 @@ same descriptors to the core readout (:func:`corrbench.readout.nn_transfer`, DHF
 
 What is cached per image is the facet map *before* log-binning (384 channels for ViT-S). Binning is a
 fixed, parameter-free pooling (:mod:`.binning`), applied when a pair is matched: the 6,528-channel
-binned map of a 224×298 image is ~100 MB in float32, 17× the facet map, and recomputing it costs
-milliseconds. ``corrbench extract`` therefore exports the facet map; apply
-:func:`corrbench_dino.binning.log_bin` to get the binned descriptor.
+binned map of a 224×298 image is ~100 MB in float32, 17× the facet map. The patch-centre readout
+never builds it (:func:`.readout.binned_patch_centre_transfer` sums per-bin products of the pooled
+maps instead); ``upsample_nn`` bins both maps and hands them to the core readout. ``corrbench extract``
+therefore exports the facet map; apply :func:`corrbench_dino.binning.log_bin` to get the binned
+descriptor.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from corrbench.errors import UsageError
 
 from . import models, weights
 from .binning import log_bin, num_bins
-from .readout import patch_centre_transfer
+from .readout import binned_patch_centre_transfer, patch_centre_transfer
 from .vit import FACETS, POS_INTERP, ViTFacets
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -110,11 +112,14 @@ class DinoDescriptor(PairConditionedDescriptor):
     def transfer(self, source_map: torch.Tensor, target_map: torch.Tensor, source_grid: FeatureGrid,
                  target_grid: FeatureGrid, source_load_hw: tuple[int, int], target_load_hw: tuple[int, int],
                  source_points: torch.Tensor) -> torch.Tensor:
-        src, tgt = self.descriptors(source_map), self.descriptors(target_map)
         if self.config["predict_mode"] == "patch_center":
-            return patch_centre_transfer(src, tgt, source_grid, target_grid, source_points)
+            if self.config["bin"]:  # same argmax as on the binned maps, without building them
+                return binned_patch_centre_transfer(source_map, target_map, source_grid, target_grid, source_points,
+                                                    int(self.config["hierarchy"]))
+            return patch_centre_transfer(source_map, target_map, source_grid, target_grid, source_points)
         from corrbench.readout import nn_transfer
 
+        src, tgt = self.descriptors(source_map), self.descriptors(target_map)
         return nn_transfer(src, tgt, source_grid, target_grid, source_load_hw, target_load_hw, source_points)
 
     def run_info(self) -> dict[str, Any]:

@@ -44,3 +44,53 @@ def patch_centre_transfer(source_map: torch.Tensor, target_map: torch.Tensor, so
     best = torch.cat([(src[i:i + _CHUNK] @ tgt).argmax(dim=1) for i in range(0, src.shape[0], _CHUNK)]) \
         if src.shape[0] else torch.zeros(0, dtype=torch.long, device=src.device)
     return cell_centres(best // wt, best % wt, target_grid)
+
+
+def _shift(x: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
+    """``out[..., y, x] = x[..., clamp(y + dy), clamp(x + dx)]`` (border-replicate, as the binning clamps)."""
+    if dy == 0 and dx == 0:
+        return x
+    h, w = x.shape[-2:]
+    rows = (torch.arange(h, device=x.device) + dy).clamp_(0, h - 1)
+    cols = (torch.arange(w, device=x.device) + dx).clamp_(0, w - 1)
+    return x.index_select(-2, rows).index_select(-1, cols)
+
+
+def binned_patch_centre_transfer(source_map: torch.Tensor, target_map: torch.Tensor, source_grid: FeatureGrid,
+                                 target_grid: FeatureGrid, source_points: torch.Tensor, hierarchy: int) -> torch.Tensor:
+    """:func:`patch_centre_transfer` on log-binned maps without materialising the binned target.
+
+    A binned descriptor is the concatenation of shifted, pooled copies of the map (:mod:`.binning`), so
+    its dot product with a source descriptor is a sum over bins of (source bin · pooled map) read at the
+    bin's shifted position, and its squared norm the same sum of per-cell squared norms. Computing that
+    per pooling level needs N·h·w numbers instead of the 17·D·h·w of the binned map (79 MB for ViT-S at
+    55×55); the result is the same cosine argmax (``tests/test_dino.py`` checks it against the
+    materialised form).
+    """
+    from .binning import bin_offsets, pooled_levels
+
+    C, hs, ws = source_map.shape
+    _, ht, wt = target_map.shape
+    iy, ix = nearest_cell(torch.as_tensor(source_points).to(source_map.device), source_grid, (hs, ws))
+    offsets = bin_offsets(hierarchy)
+    s_levels = pooled_levels(source_map.unsqueeze(0).float(), hierarchy)
+    t_levels = pooled_levels(target_map.unsqueeze(0).float(), hierarchy)
+    # source descriptors at the keypoints only: one D-vector per bin, read at the clamped offset cell
+    s_bins = torch.stack([s_levels[k][0][:, (iy + dy).clamp(0, hs - 1), (ix + dx).clamp(0, ws - 1)].T
+                          for k, dy, dx in offsets], 1)  # N×bins×D
+    s_bins = s_bins / s_bins.flatten(1).norm(dim=1).clamp_min(1e-12)[:, None, None]
+    N = s_bins.shape[0]
+    dots = torch.zeros(N, ht, wt, device=target_map.device)
+    norm2 = torch.zeros(ht, wt, device=target_map.device)
+    for k, level in enumerate(t_levels):
+        flat = level[0].reshape(C, -1)
+        sq = flat.pow(2).sum(0).view(ht, wt)
+        bins = [b for b, (kk, _, _) in enumerate(offsets) if kk == k]
+        # one product per level: every bin of the level against the pooled map, then each shifted in place
+        prods = (s_bins[:, bins].reshape(-1, C) @ flat).view(N, len(bins), ht, wt)
+        for j, b in enumerate(bins):
+            _, dy, dx = offsets[b]
+            dots += _shift(prods[:, j], dy, dx)
+            norm2 += _shift(sq, dy, dx)
+    best = (dots / norm2.sqrt().clamp_min(1e-12)).flatten(1).argmax(dim=1)
+    return cell_centres(best // wt, best % wt, target_grid)
