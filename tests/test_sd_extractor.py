@@ -353,6 +353,7 @@ def test_consume_outside_inference_mode_can_train(tiny, images):
 # Loading: shared components, lean memory, errors, identities, published architectures
 # ------------------------------------------------------------------------------------------------
 def test_components_shared_and_lean(tiny, images):
+    loading.clear_cache()  # a fresh set: generation tests before this one keep the text encoder on purpose
     a, b = extractor(tiny), extractor(tiny, latent="mode", num_steps=10)
     assert a.unet is b.unet
     with torch.inference_mode():
@@ -361,6 +362,9 @@ def test_components_shared_and_lean(tiny, images):
     assert comps.vae.decoder is None  # inversion never decodes
     assert comps._text_encoder is None  # released once the empty prompt is embedded
     assert "" in comps._embeddings
+    with torch.inference_mode():
+        b.generate(["a cat"], guidance=-1, seed=0, save_indices=(), layers=(), consume=lambda *x: None)
+    assert comps._text_encoder is not None  # generation keeps it for the next prompts
     assert a.layer_channels() == [16, 16, 16, 12, 12, 12, 8, 8, 8, 4, 4, 4]
 
 

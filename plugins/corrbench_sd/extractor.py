@@ -140,7 +140,7 @@ class SDFeatureExtractor:
         steps = steps[: self.num_steps - min(indices)]  # up to the step of the smallest saved index
         with torch.inference_mode(), capture.attached(self.unet):
             x = self.encode(images)
-            context = self.components.text_embeddings([""]).expand(x.shape[0], -1, -1)
+            context = self.components.text_embeddings([""]).expand(x.shape[0], -1, -1).contiguous()
             for n, step in enumerate(steps):
                 capture.slot = slot_of.get(step.index)
                 last = n == len(steps) - 1

@@ -239,6 +239,7 @@ class SDComponents:
     _tokenizer_loaded: bool = field(default=False, repr=False)
     _decoder_vae: Any = field(default=None, repr=False)
     _embeddings: dict[str, Any] = field(default_factory=dict, repr=False)
+    _keep_text: bool = field(default=False, repr=False)
 
     # -- construction -------------------------------------------------------------------------
     def load(self) -> "SDComponents":
@@ -366,7 +367,8 @@ class SDComponents:
         else:
             new = {}
         out = torch.stack([self._embeddings.get(p, new.get(p)) for p in prompts])
-        if not keep_encoder:
+        self._keep_text = self._keep_text or keep_encoder
+        if not self._keep_text:  # once generation has asked for it, keep it for the next prompts
             self._text_encoder = None
         return out
 
