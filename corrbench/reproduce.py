@@ -613,6 +613,32 @@ def _method_classes(host: Any, names: Sequence[str]) -> dict[str, type]:
     return {n: host.methods.entry(n).load() for n in names}
 
 
+def _for_other_rows(key: str, value: Any, classes: Mapping[str, type], table: TableSpec,
+                    selected: Sequence[str], host: Any, aliases: Mapping[str, str]) -> bool:
+    """True when ``key`` fits none of the selected rows but some row of the table left out by ``--rows``."""
+    from .config import resolve_overrides
+
+    try:
+        resolve_overrides({key: value}, classes, None, aliases)
+        return False
+    except UsageError:
+        pass
+    others = {}
+    for row in table.rows:
+        if row.method not in selected:
+            try:
+                others[row.method] = host.methods.entry(row.method).load()
+            except Exception:  # a missing plugin cannot take the key either
+                continue
+    for method, cls in others.items():
+        try:
+            resolve_overrides({key: value}, {method: cls}, None, aliases)
+            return True
+        except UsageError:
+            continue
+    return False
+
+
 def make_plan(table: TableSpec = DHF_TABLE, datasets: str | Sequence[str] | None = None,
               rows: str | Sequence[str] | None = None, data_roots: Any = None, splits: Any = None,
               overrides: Any = None, device: str = "cpu", limit: int | None = None,
@@ -674,7 +700,11 @@ def make_plan(table: TableSpec = DHF_TABLE, datasets: str | Sequence[str] | None
         if name in table.datasets:
             if name in ds_classes:
                 dataset_over.setdefault(name, {})[key] = value
-        elif aliases.get(name, name) not in missing_rows:  # a key for a row whose plugin is missing cannot apply
+        elif aliases.get(name, name) in missing_rows:  # a key for a row whose plugin is missing cannot apply
+            continue
+        elif _for_other_rows(key, value, classes, table, row_names, host, aliases):
+            continue  # meant for rows of the table left out with --rows: not a typo
+        else:
             method_over[key] = value
     method_cfgs, _ = resolve_overrides(method_over, classes, None, aliases)
 
