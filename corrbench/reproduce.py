@@ -370,7 +370,7 @@ def data_requirements(ds: Any) -> list[Requirement]:
                     out.append(Requirement("data", f"DHF pair list {spec.filename}", list_url(ds.split),
                                            MISSING if _offline() else DOWNLOAD,
                                            "fetched and checksummed on first use; offline, fetch it elsewhere and "
-                                           f"pass --set spair.pairs=FILE"))
+                                           "pass --set spair.pairs=FILE"))
         else:
             layout = root / "Layout" / str(ds.config.get("layout") or "large") / f"{ds.split}.txt"
             if not layout.is_file():
