@@ -93,7 +93,12 @@ class Preprocess:
         S = int(self.load_size)
         if self.resize == "square":
             return S, S
-        scale = S / (min(W, H) if self.resize == "short_side" else max(W, H))
+        if self.resize == "short_side":
+            # torchvision's Resize(int), which dino-vit-features uses, truncates the long side
+            if W <= H:
+                return max(1, int(S * H / W)), S
+            return S, max(1, int(S * W / H))
+        scale = S / max(W, H)
         return max(1, round(H * scale)), max(1, round(W * scale))
 
     def as_dict(self) -> dict[str, Any]:

@@ -81,6 +81,10 @@ def resolve_overrides(
                                  f"valid keys: {', '.join(sorted(valid)) or '(none)'}")
             method_cfg[target][key] = value
             specific[target].add(key)
+            # a method named like its family's namespace (dinov2 / dinov2-b) also sets the family's key
+            for m in namespaces.get(name, []):
+                if m != target and key in methods[m].config_namespaces[name] and key not in specific[m]:
+                    method_cfg[m][key] = value
         elif dataset is not None and name == dataset[0]:
             valid = dataset[1].default_config
             if key not in valid:
