@@ -7,7 +7,6 @@ import http.server
 import pickle
 import threading
 import warnings
-from pathlib import Path
 
 import pytest
 import torch

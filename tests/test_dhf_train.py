@@ -7,8 +7,6 @@ go through the real extractor and the ``corrbench train dhf`` command.
 
 from __future__ import annotations
 
-import json
-import math
 from pathlib import Path
 
 import numpy as np

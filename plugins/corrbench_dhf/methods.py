@@ -147,7 +147,7 @@ class _DHFBase(corrbench.Descriptor):
         return make_extractor(cfg, self.device)
 
     def run_features(self, images, save_indices: Sequence[int], layers: Sequence[tuple[int, int]], consume) -> None:
-        """Inversion of ``images``; a single clean step runs as ``one_step`` (the same UNet call)."""
+        """DDIM inversion of ``images`` up to the last saved step, each captured map handed to ``consume``."""
         self.extractor.invert(images, save_indices=tuple(save_indices), layers=tuple(layers), consume=consume)
 
     def _checkpoint_info(self) -> dict[str, Any]:
@@ -163,7 +163,6 @@ class DHF(_DHFBase):
 
     name = "dhf"
     description = "Diffusion Hyperfeatures (Ours): SD-1.5, 12 layers x 11 inversion steps, aggregation network"
-    one_step = False
 
     def setup(self) -> None:
         self.extractor = self.make_extractor()
@@ -225,7 +224,6 @@ class DHFOneStep(DHF):
     name = "dhf-one-step"
     description = "Ours-One-Step: SD-1.5, 12 layers of the clean pass (t=-1), aggregation network"
     released_file = dhf_weights.RELEASED_FILES["dhf-one-step"]
-    one_step = True
 
     def save_indices(self) -> tuple[int, ...]:
         clean = (int(self.config["num_steps"]) - 1,)
