@@ -167,7 +167,9 @@ def _from_pretrained(source: ModelSource, subfolder: str, loader, **kwargs) -> A
             errors.append("not downloaded: HF_HUB_OFFLINE is set")
             break
         try:
-            return loader(source.hub_id, subfolder=subfolder, local_files_only=local_only, **kwargs)
+            with warnings.catch_warnings():  # diffusers passes hf_hub_download a deprecated argument
+                warnings.filterwarnings("ignore", message=".*local_dir_use_symlinks.*")
+                return loader(source.hub_id, subfolder=subfolder, local_files_only=local_only, **kwargs)
         except Exception as exc:  # missing from the cache, no network, gated repo...
             errors.append(f"{'cache' if local_only else 'download'}: {type(exc).__name__}: {str(exc)[:300]}")
     raise WeightsError(f"Stable Diffusion weights {source.hub_id!r} ({subfolder}) are not available offline "
