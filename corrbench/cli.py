@@ -146,6 +146,12 @@ def extract(method, images, more_images, out_file, overrides, raw, device, batch
         click.echo(f"wrote {len(written)} tensors to {out_file}")
 
 
+from .cli_reproduce import compare, regress, reproduce  # noqa: E402  (core verbs defined in their own module)
+
+cli.add_command(reproduce)
+cli.add_command(compare)
+cli.add_command(regress)
+
 _commands_added = False
 
 
