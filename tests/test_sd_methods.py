@@ -111,7 +111,8 @@ def test_concat_all_layout(tiny, images, normalize):
         torch.testing.assert_close(out[:, c0:c0 + c], expected, rtol=1e-6, atol=1e-6)
         c0 += c
     if normalize:
-        norms = torch.stack([out[:, a:a + c].norm(dim=1) for a, c in zip([0, 16, 32, 48, 60, 72, 84, 92, 100, 108, 112, 116], channels)])
+        starts = [sum(channels[:n]) for n in range(12)]
+        norms = torch.stack([out[:, a:a + c].norm(dim=1) for a, c in zip(starts, channels)])
         torch.testing.assert_close(norms, torch.ones_like(norms), rtol=1e-5, atol=1e-5)
     with pytest.raises(UsageError, match="normalize"):
         SDConcatAll(config=cfg(tiny, normalize="maybe"))
