@@ -133,7 +133,8 @@ def report(run_dir: Path, fmt: str, cost: bool) -> None:
 @click.argument("more_images", nargs=-1, type=click.Path(path_type=Path))
 @click.option("--out", "out_file", required=True, type=click.Path(path_type=Path), help="Output .safetensors file.")
 @click.option("--set", "overrides", multiple=True, metavar="NAME.KEY=VALUE")
-@click.option("--raw", is_flag=True, help="Write the method's raw intermediate features instead of the descriptor.")
+@click.option("--raw", is_flag=True, help="Write the method's raw intermediate features instead of the descriptor "
+              "(SD methods: S×10560×64×64 per image, about 1.9 GB: use --batch-size 1).")
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--batch-size", type=int, default=8, show_default=True)
 def extract(method, images, more_images, out_file, overrides, raw, device, batch_size) -> None:
