@@ -261,3 +261,46 @@ def test_train_command_on_synthetic_then_resume(tmp_path, tiny_sd):
     assert multi_ckpt.num_timesteps == 3 and multi_ckpt.config["save_timestep"] == [9, 5, 0]
     bad = CliRunner().invoke(build_cli(), base + ["--steps", "0"])
     assert bad.exit_code != 0 and "--steps must be at least 1" in str(bad.exception)
+
+
+def test_train_one_slot_for_dhf_pruned_retrain(tmp_path, tiny_sd):
+    """`train dhf --slot` trains on one map; dhf-pruned.mode=retrain then uses that map and bottleneck."""
+    from click.testing import CliRunner
+
+    from corrbench.cli import build_cli
+    from corrbench_dhf.methods import DHFPruned
+    from corrbench_dhf.network import AggregationNetwork
+    from corrbench_sd.ddim import DDIMSchedule
+    from corrbench_sd.methods import SDLayer
+
+    # an "Ours" network whose largest mixing weight is slot 17 = (timestep slot 1, layer 5)
+    from corrbench_sd.extractor import LAYERS, SDFeatureExtractor
+
+    channels = SDFeatureExtractor(str(tiny_sd)).layer_channels(LAYERS)
+    ours = AggregationNetwork(channels, 3, projection_dim=32, num_norm_groups=8)
+    with torch.no_grad():
+        ours.mixing_weights[17] = 5.0
+    ours_path = ck.save_checkpoint(tmp_path / "ours.pt", ours, config={"save_timestep": [9, 5, 0]})
+    out = tmp_path / "slot"
+    args = ["train", "dhf", "--dataset", "synthetic", "--split", "trn", "--steps", "2", "--load-size", "32",
+            "--projection-dim", "32", "--norm-groups", "8", "--val-split", "none", "--out", str(out), "--quiet",
+            "--save-indices", "9,5,0", "--slot", "argmax", "--slot-weights", str(ours_path),
+            "--set", f"sd.model={tiny_sd}", "--set", "sd.num_steps=10"] + sum((["--set", s] for s in SD_FAST), [])
+    res = CliRunner().invoke(build_cli(), args)
+    assert res.exit_code == 0, res.output
+    trained = ck.load_checkpoint(out / "aggregation_network.pt")
+    assert trained.layer_channels == [channels[5]] and trained.num_timesteps == 1
+    assert trained.config["pruned_slot"]["slot"] == 17 and trained.config["layers"] == [[1, 2]]
+    cfg = {"model": str(tiny_sd), "image_size": 64, "output_resolution": 16, "num_steps": 10, "load_size": 32}
+    d = DHFPruned({**cfg, "mode": "retrain", "retrained": str(out / "aggregation_network.pt")})
+    images = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(4))
+    got = d.describe(images)
+    assert d.run_info()["slot"]["module"] == "up_blocks.1.resnets.2" and d.run_info()["mode"] == "retrain"
+    raw = SDLayer({**cfg, "block": [1, 2], "timestep": DDIMSchedule(10).inversion_timestep(5),
+                   "raw_indices": [9, 5, 0]}).describe(images)
+    with torch.no_grad():
+        torch.testing.assert_close(got, trained.build().bottleneck_layers[0](raw), rtol=1e-5, atol=1e-6)
+    with pytest.raises(Exception, match="retrained=PATH"):
+        DHFPruned({**cfg, "mode": "retrain"})
+    with pytest.raises(Exception, match="single-map"):
+        DHFPruned({**cfg, "mode": "retrain", "retrained": str(ours_path)}).ensure_ready()

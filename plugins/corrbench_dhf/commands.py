@@ -92,6 +92,11 @@ def _val_split(ds_cls, requested: str | None) -> str | None:
 @click.option("--save-indices", default=None,
               help="Saved inversion step indices, clean first (default: the paper's 49,45,...,5,0; needs "
                    "sd.num_steps above the largest).")
+@click.option("--slot", default=None,
+              help="Train on one (timestep slot, layer) map only, for dhf-pruned.mode=retrain: 'S,L' (0-based, "
+                   "in the --save-indices order) or 'argmax' of the --slot-weights network's mixing weights.")
+@click.option("--slot-weights", default="auto", show_default=True,
+              help="The dhf network whose mixing-weight argmax --slot argmax takes (auto, PATH or hf://...).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Network initialisation and data order.")
 @click.option("--projection-dim", type=int, default=384, show_default=True)
 @click.option("--norm-groups", type=int, default=32, show_default=True)
@@ -103,8 +108,8 @@ def _val_split(ds_cls, requested: str | None) -> str | None:
                    "<dataset>.<key>.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def train_dhf(dataset, split, data_root, steps, lr, one_step, model, load_size, val_split, val_limit, val_every,
-              val_load_size, ckpt_every, limit, out_dir, resume, resume_from, save_indices, seed, projection_dim,
-              norm_groups, device, skip_invalid, wandb_project, sets, quiet) -> None:
+              val_load_size, ckpt_every, limit, out_dir, resume, resume_from, save_indices, slot, slot_weights, seed,
+              projection_dim, norm_groups, device, skip_invalid, wandb_project, sets, quiet) -> None:
     """Train the Diffusion Hyperfeatures aggregation network (paper-protocol §5)."""
     from corrbench.plugins import get_host
     from corrbench_sd.methods import SD_SHARED_DEFAULTS, make_extractor
@@ -141,7 +146,13 @@ def train_dhf(dataset, split, data_root, steps, lr, one_step, model, load_size, 
     else:
         indices = PAPER_SAVE_INDICES
     extractor.schedule.check_indices(indices)
-    source = SDFeatureSource(extractor, indices, LAYERS, one_step=one_step)
+    layers, pruned = LAYERS, None
+    if slot is not None:
+        if one_step:
+            raise UsageError("--slot trains one map of the multi-step network; it does not combine with --one-step")
+        pruned = _choose_training_slot(slot, slot_weights, indices, num_steps)
+        indices, layers = (pruned.save_index,), (LAYERS[pruned.layer],)
+    source = SDFeatureSource(extractor, indices, layers, one_step=one_step)
 
     ds = ds_cls(root=data_root, split=split, config=ds_cfg, skip_invalid=skip_invalid)
     pairs = list(islice(ds.pairs(), limit))
@@ -156,7 +167,8 @@ def train_dhf(dataset, split, data_root, steps, lr, one_step, model, load_size, 
                              val_every=val_every, val_load_size=val_load_size, projection_dim=projection_dim,
                              num_norm_groups=norm_groups, device=device,
                              extra={"dataset": ds_entry.name, "split": ds.split, "val_split": val_name,
-                                    "n_train_pairs": len(pairs), "n_val_pairs": len(val_pairs)})
+                                    "n_train_pairs": len(pairs), "n_val_pairs": len(val_pairs),
+                                    **({"pruned_slot": pruned.as_dict()} if pruned is not None else {})})
     run = None
     if wandb_project:
         try:
@@ -178,6 +190,33 @@ def train_dhf(dataset, split, data_root, steps, lr, one_step, model, load_size, 
                    f"best at step {result['best']['step']}")
     click.echo(f"checkpoint: {result['checkpoint']} (use it with --set dhf.weights={result['checkpoint']})")
     click.echo(f"metrics log: {Path(result['out_dir']) / 'metrics.jsonl'}")
+
+
+def _choose_training_slot(slot: str, slot_weights: str, indices, num_steps: int):
+    """The (timestep, layer) slot a --slot run trains on, named in the paper's slot numbering."""
+    import torch
+
+    from . import weights as dhf_weights
+    from .checkpoint import load_checkpoint
+    from .methods import parse_slot
+    from .slots import LAYERS, slot_info
+
+    index = parse_slot(slot, len(indices), len(LAYERS), "--slot")
+    weight = None
+    if index is None:
+        path = dhf_weights.resolve(slot_weights, dhf_weights.RELEASED_FILES["dhf"])
+        if path is None:
+            raise UsageError("--slot argmax needs trained weights (--slot-weights auto or PATH), not random")
+        ckpt = load_checkpoint(path)
+        stored = ckpt.config.get("save_timestep")
+        if len(ckpt.layer_channels) != len(LAYERS) or (isinstance(stored, list) and
+                                                       [int(k) for k in stored] != list(indices)):
+            raise UsageError(f"{path}: its slots (save_timestep {stored}, {len(ckpt.layer_channels)} layers) do not "
+                             f"match --save-indices {list(indices)} × {len(LAYERS)} layers")
+        weights = torch.softmax(ckpt.state_dict["mixing_weights"].float(), dim=0)
+        index = int(torch.argmax(weights))
+        weight = float(weights[index])
+    return slot_info(index, save_indices=indices, layers=LAYERS, num_steps=num_steps, weight=weight)
 
 
 # -- plot ----------------------------------------------------------------------------------------------------

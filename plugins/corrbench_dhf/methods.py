@@ -312,24 +312,89 @@ class SDLayerPruned(_PrunedBase):
 
 
 class DHFPruned(_PrunedBase):
-    """Ours-Pruned: that one slot through its trained bottleneck (mode ``bottleneck``)."""
+    """Ours-Pruned: one slot through a bottleneck.
+
+    ``mode=bottleneck`` (default): the argmax (or ``slot``) map of the "Ours" network through that
+    network's trained bottleneck for its layer. ``mode=retrain``: the map and bottleneck of a network
+    trained on that single map (``corrbench train dhf --slot ...``), given as ``retrained=PATH``.
+    """
 
     name = "dhf-pruned"
     description = "Ours-Pruned: the largest-weight (timestep, layer) slot through its trained dhf bottleneck"
-    default_config: dict[str, Any] = {**_PrunedBase.default_config, "mode": "bottleneck"}
+    default_config: dict[str, Any] = {**_PrunedBase.default_config, "mode": "bottleneck", "retrained": ""}
+    MODES = ("bottleneck", "retrain")
+
+    def __init__(self, config: dict[str, Any] | None = None, device: str = "cpu"):
+        super().__init__(config, device)
+        if self.config["mode"] not in self.MODES:
+            raise UsageError(f"dhf-pruned.mode={self.config['mode']!r}: one of {', '.join(self.MODES)}")
+        if self.config["mode"] == "retrain" and not self.config["retrained"]:
+            raise UsageError("dhf-pruned.mode=retrain needs dhf-pruned.retrained=PATH, a checkpoint of "
+                             "`corrbench train dhf --slot ...`")
+
+    @cached_property
+    def retrained(self):
+        from .checkpoint import load_checkpoint
+
+        path = dhf_weights.resolve(self.config["retrained"], dhf_weights.RELEASED_FILES["dhf"])
+        if path is None:
+            raise UsageError("dhf-pruned.retrained must be a checkpoint file, not 'random'")
+        ckpt = load_checkpoint(path)
+        cfg = ckpt.config
+        if len(ckpt.layer_channels) != 1 or ckpt.num_timesteps != 1 or not cfg.get("layers") \
+                or not cfg.get("save_timestep"):
+            raise WeightsError(f"{path} is not a single-map network from `corrbench train dhf --slot` (it has "
+                               f"{len(ckpt.layer_channels)} layer(s) × {ckpt.num_timesteps} timestep(s); its config "
+                               "must state 'layers' and 'save_timestep')")
+        return ckpt
+
+    def weights_identity(self) -> str:
+        if self.config["mode"] != "retrain":
+            return super().weights_identity()
+        from corrbench_sd.loading import resolve_source, weights_identity
+
+        sd = weights_identity(resolve_source(self.config["model"]), str(self.config["sd_weights"]))
+        return f"retrained=sha256:{self.retrained.sha256}|sd={sd}"
 
     def setup(self) -> None:
-        if self.config["mode"] != "bottleneck":
-            raise UsageError(f"dhf-pruned.mode={self.config['mode']!r}: only 'bottleneck' (the slot's trained "
-                             "bottleneck from the dhf network) is implemented")
-        super().setup()
-        channels = self.extractor.layer_channels(self.layers)
-        network = self.build_network(channels, len(self.save_indices()))
-        self.bottleneck = network.bottleneck_layers[self.slot.layer]
+        if self.config["mode"] == "bottleneck":
+            super().setup()
+            channels = self.extractor.layer_channels(self.layers)
+            network = self.build_network(channels, len(self.save_indices()))
+            self.bottleneck = network.bottleneck_layers[self.slot.layer]
+            return
+        from .slots import SlotInfo
+
+        ckpt = self.retrained
+        self.extractor = self.make_extractor()
+        self.block = tuple(int(v) for v in ckpt.config["layers"][0])
+        k = int(ckpt.config["save_timestep"][0])
+        recorded = ckpt.config.get("pruned_slot")
+        if isinstance(recorded, dict) and recorded.get("save_index") == k and recorded.get("module") == \
+                f"up_blocks.{self.block[0]}.resnets.{self.block[1]}":
+            self.slot = SlotInfo(**recorded)
+        else:  # a retrained file without corrbench's record: name the map, slot numbering unknown
+            self.slot = SlotInfo(-1, -1, self.layers.index(self.block), self.layers.index(self.block) + 1,
+                                 f"up_blocks.{self.block[0]}.resnets.{self.block[1]}", k,
+                                 slot_info(0, save_indices=(k,), num_steps=int(self.config["num_steps"])).unet_timestep)
+        self.slot_rule = "retrained single-map network"
+        channels = self.extractor.layer_channels((self.block,))
+        if ckpt.layer_channels != channels:
+            raise WeightsError(f"{ckpt.path} was trained on {ckpt.layer_channels[0]} channels, sd.model="
+                               f"{self.config['model']} gives {channels[0]} at {self.slot.module}")
+        self.bottleneck = ckpt.build().to(self.device).eval().bottleneck_layers[0]
 
     def extract(self, images):
         # the slot's softmax weight is a positive scalar: it cannot change a cosine match, so it is left out
         return self.bottleneck(self._raw_map(images))
 
     def run_info(self) -> dict[str, Any]:
-        return {**super().run_info(), "mode": self.config["mode"]}
+        if self.config["mode"] != "retrain":
+            return {**super().run_info(), "mode": "bottleneck"}
+        info = {"sd_model": str(self.config["model"]), "mode": "retrain",
+                "retrained_weights": str(self.retrained.path), "retrained_sha256": self.retrained.sha256,
+                "retrained_step": self.retrained.step}
+        if getattr(self, "slot", None) is not None:
+            info["slot"] = self.slot.as_dict()
+            info["slot_rule"] = self.slot_rule
+        return info
