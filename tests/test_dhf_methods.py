@@ -187,6 +187,19 @@ def test_checkpoint_for_another_model_is_a_clear_error(tmp_path, tiny_sd, channe
         DHFOneStep(method_config(tiny_sd, weights=str(make_checkpoint(tmp_path / "m.pt", channels)))).ensure_ready()
 
 
+def test_a_network_of_the_other_sd_family_warns():
+    from corrbench_dhf.methods import _warn_if_other_family
+
+    with pytest.warns(UserWarning, match="SD-1.5"):
+        _warn_if_other_family("runwayml/stable-diffusion-v1-5", "stabilityai/stable-diffusion-2-1-base", "x.pt")
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _warn_if_other_family("stable-diffusion-v1-5/stable-diffusion-v1-5", "runwayml/stable-diffusion-v1-5", "x.pt")
+        _warn_if_other_family("tiny", "/some/folder", "x.pt")
+
+
 def test_one_step_reads_official_one_step_checkpoints(tmp_path, tiny_sd, channels):
     path = make_checkpoint(tmp_path / "one.pt", channels, save=[0], argmax=None)  # official: [0], 1-step scheduler
     d = DHFOneStep(method_config(tiny_sd, weights=str(path)))

@@ -66,6 +66,21 @@ def parse_slot(value: Any, n_timesteps: int, n_layers: int, what: str) -> int | 
     return index
 
 
+def _sd_family(model: str) -> str | None:
+    low = model.lower()
+    return "SD-2.1" if "2-1" in low else "SD-1.5" if "v1-5" in low else None
+
+
+def _warn_if_other_family(stored: str, configured: str, path) -> None:
+    """SD-1.5 and SD-2.1 share channel counts, so a swapped network would load silently: say so."""
+    a, b = _sd_family(stored), _sd_family(configured)
+    if a and b and a != b:
+        import warnings
+
+        warnings.warn(f"{path} was trained on {stored} ({a}) but sd.model is {configured} ({b}); "
+                      "the features will not be what the network expects", stacklevel=3)
+
+
 class _DHFBase(corrbench.Descriptor):
     """Shared config, extractor and aggregation-network loading of the DHF methods."""
 
@@ -135,6 +150,7 @@ class _DHFBase(corrbench.Descriptor):
             if ckpt.num_timesteps != num_timesteps:
                 raise WeightsError(f"{self.weights_path} mixes {ckpt.num_timesteps} timestep(s), "
                                    f"method {self.name} uses {num_timesteps}")
+            _warn_if_other_family(str(ckpt.config.get("model_id", "")), str(self.config["model"]), self.weights_path)
             net = ckpt.build()
         return net.to(self.device).eval()
 
