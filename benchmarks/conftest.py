@@ -26,6 +26,8 @@ from typing import Any, Callable
 
 import pytest
 
+from corrbench.testing.fixtures import isolated_corrbench_dirs, synthetic_dataset  # noqa: F401
+
 _RATIOS: list[dict[str, Any]] = []
 #: the clock of the naive side of a ratio: the same as pytest-benchmark's (``--benchmark-timer``)
 _TIMER: Callable[[], float] = time.perf_counter
@@ -82,30 +84,6 @@ def pytest_benchmark_update_machine_info(config, machine_info):
     machine_info["load_average_at_start"] = os.getloadavg() if hasattr(os, "getloadavg") else None
     if torch.cuda.is_available():
         machine_info["gpu"] = torch.cuda.get_device_name(0)
-
-
-@pytest.fixture(scope="session", autouse=True)
-def _isolated_dirs(tmp_path_factory):
-    base = tmp_path_factory.mktemp("corrbench-bench-home")
-    saved = {k: os.environ.get(k) for k in ("CORRBENCH_DATA", "CORRBENCH_CACHE")}
-    os.environ["CORRBENCH_DATA"] = str(base / "data")
-    os.environ["CORRBENCH_CACHE"] = str(base / "cache")
-    yield base
-    for k, v in saved.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
-
-
-@pytest.fixture(scope="session")
-def synthetic_dataset():
-    """The embedded synthetic dataset (test split), generated once per session."""
-    from corrbench.plugins import get_host
-
-    ds = get_host().datasets.get("synthetic")()
-    ds.prepare()
-    return ds
 
 
 @pytest.fixture(scope="session")
