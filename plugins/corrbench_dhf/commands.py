@@ -71,7 +71,11 @@ def _val_split(ds_cls, requested: str | None) -> str | None:
 @click.option("--dataset", "-d", default="spair", show_default=True, help="Training dataset (pairs with keypoints).")
 @click.option("--split", default="trn", show_default=True)
 @click.option("--data-root", type=click.Path(path_type=Path), default=None)
-@click.option("--steps", type=int, default=5000, show_default=True, help="Training pairs (one pair per step).")
+@click.option("--steps", type=int, default=5000, show_default=True,
+              help="Optimiser steps (the paper: 5000 steps of one pair each).")
+@click.option("--pairs-per-step", type=int, default=1, show_default=True,
+              help="Global batch: pairs whose loss is averaged per step (paper: 1). Under torchrun each of the W "
+                   "processes takes N/W of them (W must divide N); gradients are accumulated a pair at a time.")
 @click.option("--lr", type=float, default=1e-3, show_default=True, help="AdamW learning rate (weight decay 0).")
 @click.option("--one-step", is_flag=True, help="Train Ours-One-Step (the clean pass only, 12 mixing weights).")
 @click.option("--model", default="sd15", show_default=True, help="sd15, sd21, a hub id or a local diffusers folder.")
@@ -107,81 +111,109 @@ def _val_split(ds_cls, requested: str | None) -> str | None:
               help="sd.<key> (model, dtype, latent, seed, num_steps, image_size, output_resolution, weights) or "
                    "<dataset>.<key>.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def train_dhf(dataset, split, data_root, steps, lr, one_step, model, load_size, val_split, val_limit, val_every,
-              val_load_size, ckpt_every, limit, out_dir, resume, resume_from, save_indices, slot, slot_weights, seed,
-              projection_dim, norm_groups, device, skip_invalid, wandb_project, sets, quiet) -> None:
-    """Train the Diffusion Hyperfeatures aggregation network (paper-protocol §5)."""
+def train_dhf(device: str, **opts: Any) -> None:
+    """Train the Diffusion Hyperfeatures aggregation network (paper-protocol §5).
+
+    Under torchrun (or any launcher that sets WORLD_SIZE/RANK/MASTER_ADDR/MASTER_PORT) the processes
+    train one network with DistributedDataParallel (NCCL on CUDA, gloo on CPU); rank 0 writes the files.
+    """
+    from corrbench.distributed import init_from_env
+
+    for name in ("steps", "val_every", "ckpt_every", "load_size", "pairs_per_step"):
+        if opts[name] < 1:
+            raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {opts[name]}")
+    # join the launcher's process group first: the extractor must be built on this rank's device
+    ctx, device = init_from_env(device)
+    try:
+        if opts["out_dir"] is None:  # rank 0's clock names the folder for every rank
+            stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+            opts["out_dir"] = ctx.all_gather(Path("corrbench-train") / f"dhf-{stamp}")[0]
+        _train_dhf(ctx, device, **opts)
+    finally:
+        ctx.close()
+
+
+def _train_dhf(ctx, device, dataset, split, data_root, steps, pairs_per_step, lr, one_step, model, load_size,
+               val_split, val_limit, val_every, val_load_size, ckpt_every, limit, out_dir, resume, resume_from,
+               save_indices, slot, slot_weights, seed, projection_dim, norm_groups, skip_invalid, wandb_project,
+               sets, quiet) -> None:
     from corrbench.plugins import get_host
     from corrbench_sd.methods import SD_SHARED_DEFAULTS, make_extractor
 
     from .slots import LAYERS, PAPER_SAVE_INDICES
     from .train import SDFeatureSource, TrainSettings, train
 
-    for what, value in (("--steps", steps), ("--val-every", val_every), ("--ckpt-every", ckpt_every),
-                        ("--load-size", load_size)):
-        if value < 1:
-            raise UsageError(f"{what} must be at least 1, got {value}")
-    host = get_host()
-    ds_entry = host.datasets.entry(dataset)
-    ds_cls = ds_entry.load()
-    sd_sets, dhf_sets, ds_cfg = _split_sets(sets, ds_entry.name)
-    if dhf_sets:
-        raise UsageError(f"--set dhf.{next(iter(dhf_sets))}: use the train options (--projection-dim, --seed, ...)")
-    unknown = set(sd_sets) - set(SD_SHARED_DEFAULTS)
-    if unknown:
-        raise UsageError(f"--set sd.{sorted(unknown)[0]}: valid sd keys: {', '.join(sorted(SD_SHARED_DEFAULTS))}")
-    sd_cfg = {**SD_SHARED_DEFAULTS, **sd_sets}
-    sd_cfg["model"] = MODEL_SHORTCUTS.get(model, model) if "model" not in sd_sets else sd_sets["model"]
-    extractor = make_extractor(sd_cfg, device)
-    num_steps = extractor.num_steps
-    if one_step:
-        if save_indices:
-            raise UsageError("--save-indices does not apply to --one-step (the single clean pass)")
-        indices = (num_steps - 1,)
-    elif save_indices:
-        try:
-            indices = tuple(int(k) for k in str(save_indices).replace(" ", "").strip("[]").split(","))
-        except ValueError:
-            raise UsageError(f"--save-indices {save_indices!r}: expected integers such as 49,45,40") from None
-    else:
-        indices = PAPER_SAVE_INDICES
-    extractor.schedule.check_indices(indices)
-    layers, pruned = LAYERS, None
-    if slot is not None:
+    error = None
+    try:  # every rank learns of a failed setup, so none waits for the others in train()
+        if pairs_per_step % ctx.world_size:
+            raise UsageError(f"--pairs-per-step {pairs_per_step} is not a multiple of the {ctx.world_size} processes; "
+                             f"each process takes an equal share of every step's pairs")
+        host = get_host()
+        ds_entry = host.datasets.entry(dataset)
+        ds_cls = ds_entry.load()
+        sd_sets, dhf_sets, ds_cfg = _split_sets(sets, ds_entry.name)
+        if dhf_sets:
+            raise UsageError(f"--set dhf.{next(iter(dhf_sets))}: use the train options (--projection-dim, --seed, ...)")
+        unknown = set(sd_sets) - set(SD_SHARED_DEFAULTS)
+        if unknown:
+            raise UsageError(f"--set sd.{sorted(unknown)[0]}: valid sd keys: {', '.join(sorted(SD_SHARED_DEFAULTS))}")
+        sd_cfg = {**SD_SHARED_DEFAULTS, **sd_sets}
+        sd_cfg["model"] = MODEL_SHORTCUTS.get(model, model) if "model" not in sd_sets else sd_sets["model"]
+        extractor = make_extractor(sd_cfg, device)
+        num_steps = extractor.num_steps
         if one_step:
-            raise UsageError("--slot trains one map of the multi-step network; it does not combine with --one-step")
-        pruned = _choose_training_slot(slot, slot_weights, indices, num_steps)
-        indices, layers = (pruned.save_index,), (LAYERS[pruned.layer],)
-    source = SDFeatureSource(extractor, indices, layers, one_step=one_step)
+            if save_indices:
+                raise UsageError("--save-indices does not apply to --one-step (the single clean pass)")
+            indices = (num_steps - 1,)
+        elif save_indices:
+            try:
+                indices = tuple(int(k) for k in str(save_indices).replace(" ", "").strip("[]").split(","))
+            except ValueError:
+                raise UsageError(f"--save-indices {save_indices!r}: expected integers such as 49,45,40") from None
+        else:
+            indices = PAPER_SAVE_INDICES
+        extractor.schedule.check_indices(indices)
+        layers, pruned = LAYERS, None
+        if slot is not None:
+            if one_step:
+                raise UsageError("--slot trains one map of the multi-step network; it does not combine with --one-step")
+            pruned = _choose_training_slot(slot, slot_weights, indices, num_steps)
+            indices, layers = (pruned.save_index,), (LAYERS[pruned.layer],)
+        source = SDFeatureSource(extractor, indices, layers, one_step=one_step)
 
-    ds = ds_cls(root=data_root, split=split, config=ds_cfg, skip_invalid=skip_invalid)
-    pairs = list(islice(ds.pairs(), limit))
-    val_name = _val_split(ds_cls, val_split)
-    val_pairs = []
-    if val_name is not None:
-        vds = ds_cls(root=data_root, split=val_name, config=ds_cfg, skip_invalid=skip_invalid)
-        val_pairs = list(islice(vds.pairs(), val_limit))
-    if out_dir is None:
-        out_dir = Path("corrbench-train") / f"dhf-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
-    settings = TrainSettings(steps=steps, lr=lr, load_size=load_size, seed=seed, ckpt_every=ckpt_every,
-                             val_every=val_every, val_load_size=val_load_size, projection_dim=projection_dim,
-                             num_norm_groups=norm_groups, device=device,
-                             extra={"dataset": ds_entry.name, "split": ds.split, "val_split": val_name,
-                                    "n_train_pairs": len(pairs), "n_val_pairs": len(val_pairs),
-                                    **({"pruned_slot": pruned.as_dict()} if pruned is not None else {})})
-    run = None
-    if wandb_project:
-        try:
-            import wandb
-        except ImportError as exc:
-            raise UsageError("--wandb needs the wandb package (pip install wandb); the JSONL log works without it") \
-                from exc
-        run = wandb.init(project=wandb_project, config=settings.__dict__)
+        ds = ds_cls(root=data_root, split=split, config=ds_cfg, skip_invalid=skip_invalid)
+        pairs = list(islice(ds.pairs(), limit))
+        val_name = _val_split(ds_cls, val_split)
+        val_pairs = []
+        if val_name is not None:
+            vds = ds_cls(root=data_root, split=val_name, config=ds_cfg, skip_invalid=skip_invalid)
+            val_pairs = list(islice(vds.pairs(), val_limit))
+        settings = TrainSettings(steps=steps, lr=lr, load_size=load_size, seed=seed, ckpt_every=ckpt_every,
+                                 val_every=val_every, val_load_size=val_load_size, projection_dim=projection_dim,
+                                 num_norm_groups=norm_groups, device=device, pairs_per_step=pairs_per_step,
+                                 extra={"dataset": ds_entry.name, "split": ds.split, "val_split": val_name,
+                                        "n_train_pairs": len(pairs), "n_val_pairs": len(val_pairs),
+                                        **({"pruned_slot": pruned.as_dict()} if pruned is not None else {})})
+        run = None
+        if wandb_project and ctx.is_main:
+            try:
+                import wandb
+            except ImportError as exc:
+                raise UsageError("--wandb needs the wandb package (pip install wandb); "
+                                 "the JSONL log works without it") from exc
+            run = wandb.init(project=wandb_project, config=settings.__dict__)
+    except Exception as exc:  # noqa: BLE001 - agree() re-raises it here and reports it on the others
+        error = exc
+    ctx.agree(error)
     result = train(source, pairs, out_dir, settings, val_pairs=val_pairs,
-                   resume=resume_from if resume_from else bool(resume), progress=not quiet, wandb_run=run)
+                   resume=resume_from if resume_from else bool(resume), progress=not quiet, wandb_run=run, ctx=ctx)
     if run is not None:
         run.finish()
-    click.echo(f"trained {result['steps']} steps on {len(pairs)} {ds_entry.name}/{ds.split} pairs; "
+    if not ctx.is_main:  # rank 0 reports for the run
+        return
+    per = f" × {pairs_per_step} pairs" if pairs_per_step > 1 else ""
+    procs = f" in {ctx.world_size} processes" if ctx.active else ""
+    click.echo(f"trained {result['steps']} steps{per}{procs} on {len(pairs)} {ds_entry.name}/{ds.split} pairs; "
                f"final loss {result['final_loss']:.4f}")
     if result["validation"]:
         last = result["validation"][-1]

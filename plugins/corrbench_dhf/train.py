@@ -16,7 +16,9 @@ import os
 import re
 import shutil
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable, Iterable, Protocol, Sequence
 
@@ -25,6 +27,7 @@ import torch
 from torch.nn import functional as F
 
 from corrbench.api import Pair, Preprocess
+from corrbench.distributed import DistContext, init_from_env
 from corrbench.errors import DataError, UsageError
 
 from . import checkpoint as ck
@@ -86,13 +89,27 @@ def load_pair_images(pair: Pair, load_size: int) -> tuple[torch.Tensor, tuple[in
     return torch.from_numpy(np.stack(arrays)), sizes[0], sizes[1]
 
 
+@lru_cache(maxsize=2)
+def _epoch_permutation(n_pairs: int, seed: int, epoch: int) -> np.ndarray:
+    return np.random.RandomState(seed + epoch).permutation(n_pairs)
+
+
 def data_order(n_pairs: int, step: int, seed: int) -> int:
     """Index of the pair used at ``step``: epoch e walks ``RandomState(seed + e).permutation(n)``.
 
     Epoch 0 with seed 0 is the official order (``np.random.seed(0)`` then a permutation).
     """
     epoch, pos = divmod(step, n_pairs)
-    return int(np.random.RandomState(seed + epoch).permutation(n_pairs)[pos])
+    return int(_epoch_permutation(n_pairs, seed, epoch)[pos])
+
+
+def step_pairs(n_pairs: int, step: int, pairs_per_step: int, seed: int) -> list[int]:
+    """The pair indices of optimiser step ``step`` (0-based): positions ``step·N … step·N+N−1`` of the order.
+
+    With N = 1 this is :func:`data_order` at ``step`` (the paper's one pair per step). Under W processes,
+    rank r takes entries ``r, r+W, ...`` of this list.
+    """
+    return [data_order(n_pairs, step * pairs_per_step + j, seed) for j in range(pairs_per_step)]
 
 
 # -- validation ------------------------------------------------------------------------------------------
@@ -104,9 +121,9 @@ def describe_images(network: AggregationNetwork, source: FeatureSource, images: 
         return agg.result()
 
 
-def validate(network: AggregationNetwork, source: FeatureSource, pairs: Sequence[Pair], load_size: int,
-             device: str, alpha: float = 0.1) -> dict[str, float]:
-    """PCK@α (bbox and img, pooled over keypoints, original target frame) with the paper's NN readout."""
+def validation_hits(network: AggregationNetwork, source: FeatureSource, pairs: Sequence[Pair], load_size: int,
+                    device: str, alpha: float = 0.1) -> list[dict[str, np.ndarray | None]]:
+    """Per pair, which keypoints are correct at α (``img`` and ``bbox`` normalisation; ``bbox`` None without a box)."""
     from corrbench.api import FeatureGrid
     from corrbench.images import to_load, to_original
     from corrbench.metrics import correct
@@ -114,7 +131,7 @@ def validate(network: AggregationNetwork, source: FeatureSource, pairs: Sequence
 
     was_training = network.training
     network.eval()
-    hits = {"bbox": [], "img": []}
+    out = []
     try:
         for pair in pairs:
             images, s_size, t_size = load_pair_images(pair, load_size)
@@ -124,20 +141,53 @@ def validate(network: AggregationNetwork, source: FeatureSource, pairs: Sequence
             src = torch.from_numpy(to_load(pair.source_points, s_size, hw))
             pred = to_original(nn_transfer(maps[0], maps[1], grid, grid, hw, hw, src).cpu().numpy(), t_size, hw)
             dist = np.linalg.norm(pred - pair.target_points, axis=1)
-            l_img = float(max(t_size))
-            hits["img"].append(correct(dist, np.full(len(dist), alpha * l_img)))
+            row: dict[str, np.ndarray | None] = {
+                "img": correct(dist, np.full(len(dist), alpha * float(max(t_size)))), "bbox": None}
             if pair.target_box is not None:
                 l, t, r, b = pair.target_box
-                hits["bbox"].append(correct(dist, np.full(len(dist), alpha * max(r - l, b - t))))
+                row["bbox"] = correct(dist, np.full(len(dist), alpha * max(r - l, b - t)))
+            out.append(row)
     finally:
         network.train(was_training)
+    return out
+
+
+def summarize_hits(rows: Sequence[dict[str, np.ndarray | None]], alpha: float = 0.1) -> dict[str, float]:
+    """PCK pooled over keypoints from :func:`validation_hits` rows (in pair order)."""
     out = {}
-    for norm, parts in hits.items():
+    for norm in ("bbox", "img"):
+        parts = [r[norm] for r in rows if r[norm] is not None]
         if parts:
             out[f"pck@{alpha:.2f}_{norm}"] = 100.0 * float(np.concatenate(parts).mean())
-    out["n_pairs"] = len(pairs)
-    out["n_keypoints"] = int(sum(len(p) for p in hits["img"]))
+    out["n_pairs"] = len(rows)
+    out["n_keypoints"] = int(sum(len(r["img"]) for r in rows))
     return out
+
+
+def validate(network: AggregationNetwork, source: FeatureSource, pairs: Sequence[Pair], load_size: int,
+             device: str, alpha: float = 0.1) -> dict[str, float]:
+    """PCK@α (bbox and img, pooled over keypoints, original target frame) with the paper's NN readout."""
+    return summarize_hits(validation_hits(network, source, pairs, load_size, device, alpha), alpha)
+
+
+def validate_sharded(ctx: DistContext, network: AggregationNetwork, source: FeatureSource, pairs: Sequence[Pair],
+                     load_size: int, device: str, alpha: float = 0.1) -> dict[str, float]:
+    """:func:`validate` with each rank scoring pairs ``rank, rank+W, ...``; every rank gets the same numbers.
+
+    Sharded rather than rank-0-only so the other ranks never idle at a collective for a whole validation
+    (NCCL's default timeout is shorter than a 360-pair SD validation). Rows are put back in pair order.
+    """
+    rows, error = None, None
+    try:
+        rows = validation_hits(network, source, ctx.shard(pairs), load_size, device, alpha)
+    except Exception as exc:  # noqa: BLE001 - re-raised on every rank by agree()
+        error = exc
+    ctx.agree(error)
+    shares = ctx.all_gather(rows)
+    ordered: list[dict[str, np.ndarray | None]] = [None] * len(pairs)  # type: ignore[list-item]
+    for rank, share in enumerate(shares):
+        ordered[rank::ctx.world_size] = share
+    return summarize_hits(ordered, alpha)
 
 
 # -- the loop --------------------------------------------------------------------------------------------
@@ -156,6 +206,7 @@ class TrainSettings:
     projection_dim: int = 384
     num_norm_groups: int = 32
     device: str = "cpu"
+    pairs_per_step: int = 1  # global batch: the loss is averaged over this many pairs per update (paper: 1)
     extra: dict[str, Any] = field(default_factory=dict)  # dataset, split, source facts... for the record
 
 
@@ -220,119 +271,254 @@ def official_config(settings: TrainSettings, source: FeatureSource) -> dict[str,
         "val_every_n_steps": settings.val_every,
         "save_every_n_steps": settings.ckpt_every,
         "seed": settings.seed,
+        "pairs_per_step": settings.pairs_per_step,
         **settings.extra,
     }
 
 
+class PairForward(torch.nn.Module):
+    """One pair through the feature source into the network, as a module call.
+
+    The network is fed map by map from inside the extractor's callback, so this forward is what
+    DistributedDataParallel wraps: its reducer hooks every parameter the call touches, and ``no_sync``
+    (read at forward time) keeps the gradients local for all but a rank's last pair of a step.
+    """
+
+    def __init__(self, network: AggregationNetwork):
+        super().__init__()
+        self.network = network
+
+    def forward(self, images: torch.Tensor, source: FeatureSource) -> torch.Tensor:
+        agg = StreamingAggregator(self.network, track_grad=True)
+        source.run(images, agg)
+        return agg.result()
+
+
+def pair_loss(model: torch.nn.Module, network: AggregationNetwork, source: FeatureSource, pair: Pair,
+              load_size: int, device: str) -> torch.Tensor:
+    """The CLIP loss of one pair (``model`` is :class:`PairForward` or its DDP wrapper)."""
+    images, s_size, t_size = load_pair_images(pair, load_size)
+    maps = model(images.to(device), source)
+    R = maps.shape[-1]
+    return clip_loss(maps[0], maps[1], points_to_cells(pair.source_points, s_size, R),
+                     points_to_cells(pair.target_points, t_size, R), float(network.logit_scale.exp()))
+
+
+def _interleave(shares: Sequence[Sequence[Any]]) -> list[Any]:
+    """Undo round-robin dealing: rank r's i-th item is item ``r + i·W`` of the whole."""
+    out: list[Any] = [None] * sum(len(s) for s in shares)
+    for rank, share in enumerate(shares):
+        out[rank::len(shares)] = list(share)
+    return out
+
+
+def _on_main(ctx: DistContext, fn: Callable[[], Any]) -> Any:
+    """Run ``fn`` on rank 0 only (file writes); every rank learns whether it failed."""
+    result, error = None, None
+    if ctx.is_main:
+        try:
+            result = fn()
+        except Exception as exc:  # noqa: BLE001 - agree() re-raises it here and reports it on the others
+            error = exc
+    ctx.agree(error)
+    return result
+
+
 def train(source: FeatureSource, pairs: Sequence[Pair], out_dir: str | os.PathLike, settings: TrainSettings, *,
           val_pairs: Sequence[Pair] = (), resume: bool | str | os.PathLike = False, progress: bool = True,
-          wandb_run: Any = None, stop_after: int | None = None) -> dict[str, Any]:
+          wandb_run: Any = None, stop_after: int | None = None, ctx: DistContext | None = None) -> dict[str, Any]:
     """Train and return a summary (final loss, validation history, checkpoint paths).
 
     ``resume``: ``True`` continues from the newest ``checkpoint_step_*.pt`` in ``out_dir`` (a fresh start
     when there is none), a path continues from that file. ``stop_after`` ends the loop early after that
     many steps of this call (an interruption, for tests), without the final checkpoint.
+
+    Several processes: pass the ``ctx`` of :func:`corrbench.distributed.init_from_env` (called before the
+    source is built, so it sits on this rank's device); without one, the group a launcher describes in
+    the environment is joined here and ``settings.device`` becomes this rank's device. Each rank takes
+    ``pairs_per_step / W`` of every step's pairs and DistributedDataParallel averages the gradients, so an
+    update equals the one-process update at the same ``pairs_per_step`` up to float summation order.
+    Rank 0 alone writes files and prints; validation is sharded across ranks and gathered.
     """
+    own_ctx = ctx is None
+    device = settings.device
+    if ctx is None:
+        ctx, device = init_from_env(device)
+    try:
+        return _train(source, pairs, Path(out_dir), settings, device, ctx, val_pairs=val_pairs, resume=resume,
+                      progress=progress and ctx.is_main, wandb_run=wandb_run if ctx.is_main else None,
+                      stop_after=stop_after)
+    finally:
+        if own_ctx:
+            ctx.close()
+
+
+def _train(source: FeatureSource, pairs: Sequence[Pair], out: Path, settings: TrainSettings, device: str,
+           ctx: DistContext, *, val_pairs: Sequence[Pair], resume: bool | str | os.PathLike, progress: bool,
+           wandb_run: Any, stop_after: int | None) -> dict[str, Any]:
     from tqdm.auto import tqdm
 
     if not pairs:
         raise DataError("no training pairs")
     if settings.steps < 1:
         raise UsageError(f"--steps must be at least 1, got {settings.steps}")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    device = settings.device
-    config = official_config(settings, source)
+    N, W = settings.pairs_per_step, ctx.world_size
+    if N < 1:
+        raise UsageError(f"--pairs-per-step must be at least 1, got {N}")
+    if N % W:
+        raise UsageError(f"--pairs-per-step {N} is not a multiple of the {W} processes; each process takes an "
+                         f"equal share of every step's pairs (use e.g. --pairs-per-step {W * max(1, round(N / W))})")
+    local_n = N // W
+    main = ctx.is_main
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+    ctx.barrier()
+    config = {**official_config(settings, source), "processes": W}
 
     resume_from: Path | None = None
     if resume:
         resume_from = latest_checkpoint(out) if resume is True else Path(resume)
-    torch.manual_seed(settings.seed)  # network initialisation
+        resume_from = ctx.all_gather(resume_from)[0]  # every rank continues from rank 0's choice
+    torch.manual_seed(settings.seed)  # network initialisation (the same on every rank)
     network = AggregationNetwork(source.layer_channels, source.num_timesteps, projection_dim=settings.projection_dim,
                                  num_norm_groups=settings.num_norm_groups)
     optimizer = build_optimizer(network, settings)
     step = 0
     best = {"value": -math.inf, "step": None}
-    if resume_from is not None:
-        state = ck.load_checkpoint(resume_from)
-        ck.load_state_dict(network, state.state_dict, str(resume_from))
-        if not state.optimizer_state:
-            raise UsageError(f"{resume_from} has no optimizer state; cannot resume from it")
-        network.to(device)
-        optimizer.load_state_dict(state.optimizer_state)
-        step = int(state.step or 0)
-        extra = state.extra
-        if "rng_cpu" in extra:
-            torch.set_rng_state(extra["rng_cpu"])
-        if "rng_cuda" in extra and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(extra["rng_cuda"])
-        best = {"value": float(extra.get("best_value", -math.inf)), "step": extra.get("best_step")}
-        for key in ("seed",):  # the data order depends on it; a longer --steps is fine
-            if key in extra and extra[key] != getattr(settings, key):
-                raise UsageError(f"{resume_from} was trained with {key}={extra[key]}, this run asks for "
-                                 f"{getattr(settings, key)}; resume with the same settings")
+    on_cuda = torch.cuda.is_available() and device.startswith("cuda")
+    error = None
+    try:  # a rank that cannot read the checkpoint must not leave the others waiting in DDP's setup
+        if resume_from is not None:
+            state = ck.load_checkpoint(resume_from)
+            ck.load_state_dict(network, state.state_dict, str(resume_from))
+            if not state.optimizer_state:
+                raise UsageError(f"{resume_from} has no optimizer state; cannot resume from it")
+            network.to(device)
+            optimizer.load_state_dict(state.optimizer_state)
+            step = int(state.step or 0)
+            extra = state.extra
+            by_rank = extra.get("rng_cpu_by_rank")
+            if by_rank is not None and len(by_rank) == W:
+                torch.set_rng_state(by_rank[ctx.rank])
+            elif "rng_cpu" in extra:
+                torch.set_rng_state(extra["rng_cpu"])
+            cuda_by_rank = extra.get("rng_cuda_by_rank")
+            if on_cuda and cuda_by_rank is not None and len(cuda_by_rank) == W:
+                torch.cuda.set_rng_state(cuda_by_rank[ctx.rank], device)
+            elif on_cuda and "rng_cuda" in extra and not ctx.active:
+                torch.cuda.set_rng_state_all(extra["rng_cuda"])
+            best = {"value": float(extra.get("best_value", -math.inf)), "step": extra.get("best_step")}
+            # the data order depends on these; a longer --steps is fine. Older checkpoints used one pair per step.
+            for key, default in (("seed", None), ("pairs_per_step", 1)):
+                stored = extra.get(key, default)
+                if stored is not None and stored != getattr(settings, key):
+                    raise UsageError(f"{resume_from} was trained with {key}={stored}, this run asks for "
+                                     f"{getattr(settings, key)}; resume with the same settings")
+    except Exception as exc:  # noqa: BLE001 - agree() re-raises it here and reports it on the others
+        error = exc
+    ctx.agree(error)
     network.to(device).train()
-    log = MetricsLog(out / "metrics.jsonl", step if resume_from is not None else None, wandb_run)
+    model: torch.nn.Module = PairForward(network)
+    if ctx.active:
+        from torch.nn.parallel import DistributedDataParallel
+
+        # no buffers to broadcast (the temperature is a plain tensor); every parameter is used every pair
+        model = DistributedDataParallel(model, device_ids=[torch.device(device).index] if on_cuda else None,
+                                        broadcast_buffers=False)
+    log = MetricsLog(out / "metrics.jsonl", step if resume_from is not None else None, wandb_run) if main else None
     val_load = settings.val_load_size or settings.load_size
 
     def save(at_step: int) -> Path:
-        extra = {"rng_cpu": torch.get_rng_state(), "seed": settings.seed, "steps": settings.steps,
-                 "data_position": at_step, "n_pairs": len(pairs),
+        # collective: each rank's RNG state goes into rank 0's file, so resume restores every rank
+        rng = ctx.all_gather(torch.get_rng_state())
+        rng_cuda = ctx.all_gather(torch.cuda.get_rng_state(device)) if on_cuda and ctx.active else None
+        extra = {"rng_cpu": rng[0], "seed": settings.seed, "steps": settings.steps,
+                 "pairs_per_step": N, "processes": W,
+                 "data_position": at_step * N, "n_pairs": len(pairs),
                  "best_value": best["value"], "best_step": best["step"]}
-        if torch.cuda.is_available() and device.startswith("cuda"):
+        if ctx.active:
+            extra["rng_cpu_by_rank"] = rng
+            if rng_cuda is not None:
+                extra["rng_cuda_by_rank"] = rng_cuda
+        elif on_cuda:
             extra["rng_cuda"] = torch.cuda.get_rng_state_all()
-        return ck.save_checkpoint(out / f"checkpoint_step_{at_step}.pt", network, config=config, step=at_step,
-                                  optimizer_state=optimizer.state_dict(), extra=extra)
+        path = out / f"checkpoint_step_{at_step}.pt"
+        _on_main(ctx, lambda: ck.save_checkpoint(path, network, config=config, step=at_step,
+                                                 optimizer_state=optimizer.state_dict(), extra=extra))
+        return path
+
+    def validation(at_step: int) -> dict[str, float]:
+        scores = validate_sharded(ctx, network, source, val_pairs, val_load, device)
+        scores["step"] = at_step
+        history.append(scores)
+        if log is not None:
+            log.write({"step": at_step, **{f"val_{k}": v for k, v in scores.items() if k != "step"}})
+        return scores
 
     history: list[dict[str, Any]] = []
     last_loss = float("nan")
     started = step
     if val_pairs and step == 0:  # the untrained baseline, so the log shows what training changed
-        scores = validate(network, source, val_pairs, val_load, device)
-        scores["step"] = 0
-        history.append(scores)
-        log.write({"step": 0, **{f"val_{k}": v for k, v in scores.items() if k != "step"}})
-    bar = tqdm(total=settings.steps, initial=step, desc="train dhf", unit="pair", disable=not progress or None)
+        validation(0)
+    bar = tqdm(total=settings.steps, initial=step, desc="train dhf", unit="step", disable=not progress or None)
     t0 = time.perf_counter()
     while step < settings.steps:
         if stop_after is not None and step - started >= stop_after:
             bar.close()
             return {"interrupted_at": step, "out_dir": str(out)}
-        pair = pairs[data_order(len(pairs), step, settings.seed)]
-        images, s_size, t_size = load_pair_images(pair, settings.load_size)
-        agg = StreamingAggregator(network, track_grad=True)
-        source.run(images.to(device), agg)
-        maps = agg.result()
-        R = maps.shape[-1]
-        loss = clip_loss(maps[0], maps[1], points_to_cells(pair.source_points, s_size, R),
-                         points_to_cells(pair.target_points, t_size, R), float(network.logit_scale.exp()))
+        indices = step_pairs(len(pairs), step, N, settings.seed)
+        mine = indices[ctx.rank::W]
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        losses: list[float] = []
+        pending, error = None, None
+        try:
+            for i, index in enumerate(mine):
+                final = i == local_n - 1
+                # a rank's earlier pairs: forward and backward without the all-reduce (memory stays one pair)
+                with model.no_sync() if ctx.active and not final else nullcontext():
+                    loss = pair_loss(model, network, source, pairs[index], settings.load_size, device)
+                    losses.append(float(loss.detach()))
+                    scaled = loss / local_n if local_n > 1 else loss  # the local mean; DDP averages the ranks
+                    if not final:
+                        scaled.backward()
+                if final:
+                    pending = scaled
+        except Exception as exc:  # noqa: BLE001 - agree() re-raises it here and reports it on the others
+            error = exc
+        # before the backward that all-reduces, so a failed rank never leaves the others waiting inside it
+        ctx.agree(error)
+        pending.backward()
         optimizer.step()
         step += 1
-        last_loss = float(loss.detach())
-        log.write({"step": step, "loss": last_loss, "pair": pair.id, "lr": optimizer.param_groups[0]["lr"],
-                   "seconds": time.perf_counter() - t0})
+        step_losses = _interleave(ctx.all_gather(losses))  # the step's N losses in data order
+        last_loss = float(np.mean(step_losses))
+        if log is not None:
+            ids = [pairs[k].id for k in indices]
+            log.write({"step": step, "loss": last_loss, **({"pair": ids[0]} if N == 1 else {"pairs": ids}),
+                       "lr": optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - t0})
         bar.set_postfix(loss=f"{last_loss:.4f}")
         bar.update(1)
         if val_pairs and (step % settings.val_every == 0 or step == settings.steps):
-            scores = validate(network, source, val_pairs, val_load, device)
-            scores["step"] = step
-            history.append(scores)
-            log.write({"step": step, **{f"val_{k}": v for k, v in scores.items() if k != "step"}})
+            scores = validation(step)
             key = "pck@0.10_bbox" if "pck@0.10_bbox" in scores else "pck@0.10_img"
-            if scores[key] > best["value"]:
+            if scores[key] > best["value"]:  # the same scores on every rank, so the same decision
                 best = {"value": scores[key], "step": step}
-                ck.save_checkpoint(out / "best.pt", network, config={**config, "best_metric": key}, step=step)
-            bar.write(f"step {step}: loss {last_loss:.4f}, val {key} {scores[key]:.2f}")
+                _on_main(ctx, lambda: ck.save_checkpoint(out / "best.pt", network,
+                                                         config={**config, "best_metric": key}, step=step))
+            if main:  # tqdm.write prints even when the bar is disabled
+                bar.write(f"step {step}: loss {last_loss:.4f}, val {key} {scores[key]:.2f}")
         if step % settings.ckpt_every == 0 or step == settings.steps:
             save(step)
     bar.close()
-    final = out / "aggregation_network.pt"
-    shutil.copyfile(out / f"checkpoint_step_{step}.pt", final)
-    ck.save_safetensors(out / "aggregation_network.safetensors", network, config=config, step=step)
+    final_path = out / "aggregation_network.pt"
+
+    def finish() -> None:
+        shutil.copyfile(out / f"checkpoint_step_{step}.pt", final_path)
+        ck.save_safetensors(out / "aggregation_network.safetensors", network, config=config, step=step)
+
+    _on_main(ctx, finish)
     return {"out_dir": str(out), "steps": step, "final_loss": last_loss, "validation": history,
-            "best": best, "checkpoint": str(final), "config": config}
+            "best": best, "checkpoint": str(final_path), "config": config, "processes": W}
 
 
 def settings_dict(settings: TrainSettings) -> dict[str, Any]:
