@@ -196,3 +196,35 @@ def test_two_gloo_processes_train_like_one_at_the_same_global_batch(tmp_path, ti
     assert res.exit_code == 0, res.output
     _assert_same_weights(two / "aggregation_network.safetensors", one / "aggregation_network.safetensors")
     assert _trained_rows(two / "metrics.jsonl", 3)[0] == _trained_rows(one / "metrics.jsonl", 3)[0]
+
+
+ENTRY = """
+import pickle, sys
+sys.path.insert(0, sys.argv[1])
+from test_dhf_train import FakeSource, settings
+from corrbench_dhf import train as tr
+pairs = pickle.load(open(sys.argv[2], "rb"))
+tr.train(FakeSource(), pairs, sys.argv[3], settings(steps=2, pairs_per_step=2), progress=False)
+"""
+
+
+@pytest.mark.slow
+def test_a_rank_that_fails_stops_every_rank(tmp_path, disc_pairs):
+    """Rank 1's pair of the first step is unreadable: both ranks raise instead of rank 0 waiting in the all-reduce."""
+    import pickle
+    from pathlib import Path
+
+    (tmp_path / "imgs").mkdir()
+    pairs = write_disc_pairs(tmp_path / "imgs", 4, seed=3)
+    broken = pairs[tr.step_pairs(4, 0, 2, 0)[1]]  # rank r takes entries r, r+W, ... of the step
+    broken.target.unlink()
+    (tmp_path / "pairs.pkl").write_bytes(pickle.dumps(pairs))
+    (tmp_path / "entry.py").write_text(ENTRY)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+                           "--master-addr", "127.0.0.1", "--master-port", str(_free_port()),
+                           str(tmp_path / "entry.py"), str(Path(__file__).parent), str(tmp_path / "pairs.pkl"),
+                           str(tmp_path / "out")], capture_output=True, text=True, env=env, timeout=180)
+    assert proc.returncode != 0
+    assert "rank 1 failed" in proc.stderr and broken.target.name in proc.stderr
+    assert not (tmp_path / "out" / "checkpoint_step_1.pt").exists()

@@ -422,9 +422,9 @@ def _train(source: FeatureSource, pairs: Sequence[Pair], out: Path, settings: Tr
     if ctx.active:
         from torch.nn.parallel import DistributedDataParallel
 
-        # no buffers to broadcast (the temperature is a plain tensor); every parameter is used every pair
-        model = DistributedDataParallel(model, device_ids=[torch.device(device).index] if on_cuda else None,
-                                        broadcast_buffers=False)
+        # the network has no buffers (the temperature is a plain tensor), so DDP's forward does no collective;
+        # every parameter is used every pair, so find_unused_parameters stays off
+        model = DistributedDataParallel(model, device_ids=[torch.device(device).index] if on_cuda else None)
     log = MetricsLog(out / "metrics.jsonl", step if resume_from is not None else None, wandb_run) if main else None
     val_load = settings.val_load_size or settings.load_size
 
