@@ -1,11 +1,13 @@
 """Training the aggregation network (paper-protocol §5), resumable and testable with fake features.
 
-One step = one image pair: both images go through the feature source (the SD inversion in real use),
-whose captured maps stream into the network with autograd on; the loss is the CLIP-style symmetric
-cross-entropy over the output grid (cosine logits × 1/0.07); AdamW with the mixing weights and the
-bottlenecks as two groups. Checkpoints (official format) every ``ckpt_every`` steps and at the end
-hold everything needed to resume exactly: network, optimiser, step, RNG state, and the data order
-(a pure function of ``seed`` and the step, so the position is the step).
+One step = one image pair by default: both images go through the feature source (the SD inversion in
+real use), whose captured maps stream into the network with autograd on; the loss is the CLIP-style
+symmetric cross-entropy over the output grid (cosine logits × 1/0.07); AdamW with the mixing weights
+and the bottlenecks as two groups. ``pairs_per_step`` N > 1 averages the loss over N pairs (gradients
+accumulated a pair at a time); under torchrun each of W processes takes N/W of them and
+DistributedDataParallel averages the gradients. Checkpoints (official format) every ``ckpt_every``
+steps and at the end hold everything needed to resume exactly: network, optimiser, step, every rank's
+RNG state, and the data order (a pure function of ``seed``, N and the step, so the position is the step).
 """
 
 from __future__ import annotations
@@ -183,11 +185,7 @@ def validate_sharded(ctx: DistContext, network: AggregationNetwork, source: Feat
     except Exception as exc:  # noqa: BLE001 - re-raised on every rank by agree()
         error = exc
     ctx.agree(error)
-    shares = ctx.all_gather(rows)
-    ordered: list[dict[str, np.ndarray | None]] = [None] * len(pairs)  # type: ignore[list-item]
-    for rank, share in enumerate(shares):
-        ordered[rank::ctx.world_size] = share
-    return summarize_hits(ordered, alpha)
+    return summarize_hits(_interleave(ctx.all_gather(rows)), alpha)
 
 
 # -- the loop --------------------------------------------------------------------------------------------
