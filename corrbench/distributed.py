@@ -19,7 +19,7 @@ from typing import Any, Sequence, TypeVar
 import torch
 import torch.distributed as dist
 
-from .errors import CorrbenchError
+from .errors import CorrbenchError, UsageError
 
 T = TypeVar("T")
 
@@ -78,6 +78,9 @@ def init_from_env(device: str) -> tuple[DistContext, str]:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return DistContext(), device
+    if device.startswith("cuda:"):
+        raise UsageError(f"--device {device} under a launcher would put every rank on one GPU; "
+                         f"use --device cuda and each rank takes cuda:LOCAL_RANK")
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     owns = False
