@@ -240,3 +240,15 @@ def test_extract_under_two_processes_equals_one(tmp_path, synthetic_dataset):
     a, b = load_file(str(tmp_path / "one.safetensors")), load_file(str(tmp_path / "two.safetensors"))
     assert sorted(a) == sorted(b) == sorted(p.stem for p in images)
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_an_explicit_gpu_under_a_launcher_is_refused(monkeypatch):
+    from corrbench.distributed import init_from_env
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    with pytest.raises(UsageError, match="cuda:LOCAL_RANK"):
+        init_from_env("cuda:1")
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    ctx, device = init_from_env("cpu")
+    assert not ctx.active and device == "cpu" and ctx.shard([1, 2, 3]) == [1, 2, 3]
