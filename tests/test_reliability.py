@@ -55,7 +55,8 @@ def test_two_gloo_processes_equal_one(tmp_path, synthetic_dataset):
 
 @pytest.mark.slow
 def test_sigkill_then_rerun_gives_identical_results(tmp_path, synthetic_dataset):
-    args = ["run", "--methods", "dsift", "--batch-size", "1", "--limit", "16"]
+    # 40 pairs span ~30 images: extraction lasts seconds, so the kill lands part-way through it
+    args = ["run", "--methods", "dsift", "--batch-size", "1", "--limit", "40"]
     reference = _run([*args, "--cache-dir", str(tmp_path / "ref-cache"), "--out", str(tmp_path / "ref")])
     assert reference.returncode == 0, reference.stderr
 
@@ -65,6 +66,7 @@ def test_sigkill_then_rerun_gives_identical_results(tmp_path, synthetic_dataset)
     deadline = time.time() + 120
     while time.time() < deadline and len(list(cache.rglob("*.safetensors"))) < 3:
         time.sleep(0.05)
+    assert proc.poll() is None, "the run finished before it could be killed"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     n_cached = len(list(cache.rglob("*.safetensors")))
