@@ -64,6 +64,8 @@ def dhf_table(datasets, rows, data_roots, splits, overrides, device, batch_size,
         out_dir = Path("corrbench-results") / f"dhf-table-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
     outcome = run_table(plan, data_roots=list(data_roots), batch_size=batch_size, out_dir=out_dir,
                         tolerance=tolerance, progress=not quiet, echo=lambda s: click.echo(s, err=True))
+    if not outcome.reporting:  # a non-zero rank under torchrun: rank 0 prints and writes
+        return
     click.echo(outcome.markdown(), nl=False)
     click.echo(f"\ntables: {out_dir}/table.md, table.csv, table.tex; runs: "
                + ", ".join(f"{d}: {p}" for d, p in outcome.run_dirs.items()))

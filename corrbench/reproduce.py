@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
+from .distributed import DistContext, init_from_env
 from .errors import CorrbenchError, DataError, MissingDataError, UsageError, WeightsError
 
 BASELINE_FORMAT = "corrbench-baseline/1"
@@ -804,6 +805,7 @@ class Outcome:
     dataset_failures: dict[tuple[str, str], str]  # (method, dataset) → reason
     run_dirs: dict[str, str]
     out_dir: Path | None = None
+    reporting: bool = True  # False on the non-zero ranks of a distributed run
 
     def verdict(self, rp: RowPlan) -> str:
         if not rp.available:
@@ -977,6 +979,20 @@ def run_table(plan: Plan, *, data_roots: Any = None, batch_size: int = 8, out_di
         raise UsageError(f"--tolerance must be a non-negative number of PCK points, got {tolerance}")
     roots = parse_assignments(data_roots, "--data-root")
     check_blocking(plan)
+    # under torchrun: join the group once, so every run_benchmark below shares it; rank 0 writes the table
+    ctx, _ = init_from_env(plan.device)
+    try:
+        outcome = _run_table(plan, roots, batch_size, out_dir, tolerance, progress, echo, ctx)
+    finally:
+        ctx.close()
+    return outcome
+
+
+def _run_table(plan: Plan, roots: dict[str, Any], batch_size: int, out_dir: str | os.PathLike | None,
+               tolerance: float, progress: bool, echo: Callable[[str], None] | None, ctx: DistContext) -> Outcome:
+    from .runner import run_benchmark
+
+    echo = echo if ctx.is_main else None
     failures: dict[str, str] = {}
     acquire(plan, roots, failures, echo)
 
@@ -1022,7 +1038,7 @@ def run_table(plan: Plan, *, data_roots: Any = None, batch_size: int = 8, out_di
             if good:
                 result = run_benchmark(good, overrides=overrides_for(good),
                                        out_dir=out / dp.spec.name if out else None, **kwargs)
-        if result is None:
+        if result is None or not result.results:  # nothing ran, or a non-zero rank (rank 0 scores)
             continue
         if result.out_dir is not None:
             run_dirs[dp.spec.name] = str(result.out_dir)
@@ -1038,8 +1054,8 @@ def run_table(plan: Plan, *, data_roots: Any = None, batch_size: int = 8, out_di
         if rp.available and m not in failures and plan.datasets and \
                 all((m, dp.spec.name) in dataset_failures for dp in plan.datasets):
             failures[m] = "; ".join(f"{d}: {v}" for (mm, d), v in dataset_failures.items() if mm == m)
-    outcome = Outcome(plan, tolerance, ours, failures, dataset_failures, run_dirs)
-    if out is not None:
+    outcome = Outcome(plan, tolerance, ours, failures, dataset_failures, run_dirs, reporting=ctx.is_main)
+    if out is not None and ctx.is_main:
         outcome.write(out)
     return outcome
 

@@ -386,9 +386,16 @@ def _run(ctx: DistContext, host, method_classes, method_cfgs, ds_entry, ds_cls, 
                 error, cost = exc, {}
             ctx.agree(error)
             cost = _merge_costs(ctx.all_gather(cost), len(used))
+            evaluated, error = None, None
+            if ctx.is_main:  # the readout runs once; the other ranks wait to hear whether it worked
+                try:
+                    evaluated = evaluate_method(store, pairs, records, flags, progress)
+                except Exception as exc:
+                    error = exc
+            ctx.agree(error)
             if not ctx.is_main:
                 continue
-            keypoints, preds, readout_s = evaluate_method(store, pairs, records, flags, progress)
+            keypoints, preds, readout_s = evaluated
             cost.update({"readout_seconds": readout_s, "readout_pairs_per_s": len(pairs) / readout_s if readout_s else None,
                          "peak_host_mb": _peak_host_mb(),
                          "peak_gpu_mb": torch.cuda.max_memory_allocated() / 2**20 if device.startswith("cuda") else None})

@@ -225,3 +225,42 @@ def test_a_row_failing_at_run_time_is_isolated_and_reported(fixture_run, tmp_pat
     results = json.loads((tmp_path / "out" / "spair" / "results.json").read_text())
     assert set(results["methods"]) == {"sd-layer-4"}
     assert "| SD-Concat-All (`sd-concat-all`) | 12 × 1 | 52.12 / – |" in (tmp_path / "out" / "table.md").read_text()
+
+
+@pytest.mark.slow
+def test_two_processes_write_the_same_table_as_one(fixture_run, tmp_path):
+    """Under torchrun every row shares one process group; rank 0 alone writes the same table.
+
+    torchrun gives each worker one intra-op thread and each rank batches a different share of the
+    images; the reference runs with one thread and batch size 1 too, because the tiny random models
+    have near-ties that a different float summation order (threads, batch shapes) can flip.
+    """
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    work, args, res = fixture_run
+    assert res.exit_code == 0
+
+    def args_for(name):
+        out = list(args)
+        out[out.index("--out") + 1] = str(tmp_path / name)
+        out[out.index("--cache-dir") + 1] = str(tmp_path / f"cache-{name}")
+        return [*out, "--batch-size", "1"]
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    one = subprocess.run([sys.executable, "-m", "corrbench", "reproduce", *args_for("one")],
+                         capture_output=True, text=True, env=env)
+    assert one.returncode == 0, one.stderr[-3000:]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+                          "--master-addr", "127.0.0.1", "--master-port", str(port),
+                          "-m", "corrbench", "reproduce", *args_for("two")], capture_output=True, text=True, env=env)
+    assert two.returncode == 0, two.stderr[-3000:]
+    a = (tmp_path / "one" / "table.csv").read_text().splitlines()
+    b = (tmp_path / "two" / "table.csv").read_text().splitlines()
+    assert b == a, "\n".join(f"1: {x}\n2: {y}" for x, y in zip(a, b) if x != y)
+    assert two.stdout.count("tables:") == 1  # only rank 0 reports
