@@ -973,8 +973,6 @@ def run_table(plan: Plan, *, data_roots: Any = None, batch_size: int = 8, out_di
               tolerance: float = DEFAULT_TOLERANCE, progress: bool = True,
               echo: Callable[[str], None] | None = None) -> Outcome:
     """Acquire, run every runnable row per dataset, and write the table (when ``out_dir`` is given)."""
-    from .runner import run_benchmark
-
     if tolerance < 0 or not math.isfinite(tolerance):
         raise UsageError(f"--tolerance must be a non-negative number of PCK points, got {tolerance}")
     roots = parse_assignments(data_roots, "--data-root")
