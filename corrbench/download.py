@@ -14,7 +14,6 @@ Errors are :class:`corrbench.errors.DataError` naming the URL or file.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import posixpath
 import re
@@ -31,6 +30,7 @@ from http.client import HTTPException
 from pathlib import Path
 from typing import Callable
 
+from .hashing import sha256_file  # noqa: F401  (re-exported: plugins import it from here)
 from .errors import DataError
 
 CHUNK = 1 << 20
@@ -40,14 +40,6 @@ USER_AGENT = "corrbench-downloader"
 # ------------------------------------------------------------------------------------------
 # Hashing
 # ------------------------------------------------------------------------------------------
-def sha256_file(path: str | os.PathLike, chunk: int = CHUNK) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
 class ChecksumError(DataError):
     """A downloaded or local file whose sha256 is not the expected one."""
 

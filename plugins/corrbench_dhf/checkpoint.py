@@ -9,7 +9,6 @@ loader ignores) and, for sharing, a safetensors file whose metadata holds the co
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -20,6 +19,7 @@ from typing import Any, Sequence
 import torch
 
 from corrbench.errors import WeightsError
+from corrbench.hashing import sha256_file_memo
 
 from .network import DEFAULT_NORM_GROUPS, AggregationNetwork
 
@@ -63,14 +63,6 @@ class Checkpoint:
                                  projection_dim=arch["projection_dim"], num_norm_groups=groups)
         load_state_dict(net, self.state_dict, self.source)
         return net
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def infer_architecture(state_dict: dict[str, torch.Tensor], source: str = "checkpoint") -> dict[str, Any]:
@@ -168,7 +160,7 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
     bad = [k for k, v in ckpt.state_dict.items() if not isinstance(v, torch.Tensor)]
     if bad:
         raise WeightsError(f"{path}: state dict entries {bad[:5]} are not tensors")
-    ckpt.sha256 = file_sha256(path)
+    ckpt.sha256 = sha256_file_memo(path)
     infer_architecture(ckpt.state_dict, str(path))  # fail early on a foreign file
     return ckpt
 
@@ -194,7 +186,7 @@ def _load_safetensors(path: Path) -> Checkpoint:
     except json.JSONDecodeError as exc:
         raise WeightsError(f"{path}: metadata 'config' is not JSON: {exc}") from exc
     ckpt = Checkpoint(path, state, config, _as_int(meta.get("step")))
-    ckpt.sha256 = file_sha256(path)
+    ckpt.sha256 = sha256_file_memo(path)
     infer_architecture(state, str(path))
     return ckpt
 

@@ -16,7 +16,6 @@ harness' nearest-neighbour readout (``readout=nn``, :func:`corrbench.readout.nn_
 
 from __future__ import annotations
 
-import hashlib
 from collections import Counter
 from pathlib import Path
 from typing import Any, ClassVar
@@ -26,6 +25,7 @@ import torch.nn.functional as F
 
 from corrbench.api import FeatureGrid, PairConditionedDescriptor, Preprocess
 from corrbench.errors import UsageError
+from corrbench.hashing import sha256_file_memo
 
 from . import backbone as bb
 from . import learner as ln
@@ -37,23 +37,12 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 READOUTS = ("full", "nn")
 
 
-_digests: dict[tuple[str, int, int], str] = {}
-
-
 def _file_identity(spec: str) -> str:
     """``file:<sha256>`` of a weights file (memoised per path, size and mtime), or the path if it is missing."""
     path = Path(spec).expanduser()
     if not path.is_file():
         return f"file:{path}"
-    st = path.stat()
-    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
-    if key not in _digests:
-        h = hashlib.sha256()
-        with open(path, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                h.update(block)
-        _digests[key] = h.hexdigest()
-    return f"file:{_digests[key]}"
+    return f"file:{sha256_file_memo(path)}"
 
 
 class _Hyperpixels(PairConditionedDescriptor):

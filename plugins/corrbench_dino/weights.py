@@ -15,31 +15,18 @@
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from corrbench.errors import WeightsError
+from corrbench.hashing import sha256_file_memo
 
 from .models import ViTSpec
 
 RANDOM_SEED = 0
-_file_digests: dict[tuple[str, int, int], str] = {}
-
-
-def file_sha256(path: Path) -> str:
-    """sha256 of a file, memoised per (path, size, mtime) so big checkpoints are hashed once per process."""
-    st = path.stat()
-    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
-    if key not in _file_digests:
-        h = hashlib.sha256()
-        with open(path, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                h.update(block)
-        _file_digests[key] = h.hexdigest()
-    return _file_digests[key]
+file_sha256 = sha256_file_memo  # weights are hashed once per process (corrbench.hashing)
 
 
 def how_to_get(spec: ViTSpec, key: str) -> str:
