@@ -56,6 +56,8 @@ class MethodResult:
     name: str
     descriptor: Descriptor
     cache_dir: str
+    config_hash: str = ""
+    weights: str = ""
     predictions: list[dict[str, Any]] = field(default_factory=list)
     keypoints: pd.DataFrame | None = None
     cost: dict[str, Any] = field(default_factory=dict)
@@ -399,7 +401,8 @@ def _run(ctx: DistContext, host, method_classes, method_cfgs, ds_entry, ds_cls, 
             cost.update({"readout_seconds": readout_s, "readout_pairs_per_s": len(pairs) / readout_s if readout_s else None,
                          "peak_host_mb": _peak_host_mb(),
                          "peak_gpu_mb": torch.cuda.max_memory_allocated() / 2**20 if device.startswith("cuda") else None})
-            method_results.append(MethodResult(name, descriptor, str(cache.dir), preds, keypoints, cost))
+            method_results.append(MethodResult(name, descriptor, str(cache.dir), cache.digest,
+                                              cache.identity["weights"], preds, keypoints, cost))
             if echo:
                 echo(f"{name}: {cost['images_extracted']} images extracted, {cost['images_cached']} from cache")
     finally:
@@ -433,8 +436,8 @@ def _run(ctx: DistContext, host, method_classes, method_cfgs, ds_entry, ds_cls, 
             "plugin_version": _plugin_version(type(mr.descriptor)),
             "method_version": mr.descriptor.version,
             "config": mr.descriptor.config,
-            "config_hash": FeatureCache(cache_root, mr.name, method_identity(mr.descriptor)).digest,
-            "weights": mr.descriptor.weights_identity(),
+            "config_hash": mr.config_hash,
+            "weights": mr.weights,
             "preprocess": mr.descriptor.preprocessing().as_dict(),
             "readout": "pair-conditioned" if isinstance(mr.descriptor, PairConditionedDescriptor) else "nn-cosine-bilinear",
             "info": mr.descriptor.run_info(),
