@@ -271,12 +271,12 @@ def evaluate_method(store: _FeatureStore, pairs: Sequence[Pair], records: dict[P
     descriptor = store.descriptor
     rows: list[dict[str, Any]] = []
     preds: list[dict[str, Any]] = []
+    prep = descriptor.preprocessing()
     t0 = time.perf_counter()
     # group by source image so the LRU keeps hitting
     for pair in tqdm(sorted(pairs, key=lambda p: (str(p.source), str(p.target))), desc=f"{descriptor.name}: match",
                      unit="pair", disable=not progress or None, leave=False):
         src_rec, tgt_rec = records[pair.source], records[pair.target]
-        prep = descriptor.preprocessing()
         s_hw, t_hw = prep.load_hw(src_rec.size), prep.load_hw(tgt_rec.size)
         src_load = torch.from_numpy(to_load(pair.source_points, src_rec.size, s_hw))
         pred_load = store.cached_prediction(src_rec, tgt_rec, src_load)
