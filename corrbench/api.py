@@ -118,6 +118,8 @@ class Descriptor:
     Config: ``default_config`` lists every key a user may override with ``--set <name>.<key>=value``;
     keys shared by a family of methods (``sd.model``) are declared in ``config_namespaces`` (namespace
     → keys). A method that downloads weights should accept ``weights=random`` for offline tests.
+    Keys that change only how fast the same features come out (``sd.compile``) go in
+    ``runtime_keys``: they are left out of the feature-cache key, so turning them on reuses the cache.
     """
 
     name: ClassVar[str] = ""
@@ -125,6 +127,7 @@ class Descriptor:
     version: ClassVar[str] = "1"  # bump when the output of the same config changes (cache key)
     default_config: ClassVar[dict[str, Any]] = {}
     config_namespaces: ClassVar[dict[str, tuple[str, ...]]] = {}
+    runtime_keys: ClassVar[tuple[str, ...]] = ()
     preprocess: ClassVar[Preprocess] = Preprocess()
     #: dtype in which features are cached and read back (float16 halves disk for big maps)
     cache_dtype: ClassVar[str] = "float32"

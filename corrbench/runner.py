@@ -180,9 +180,11 @@ def _plugin_version(cls: type) -> str:
 
 
 def method_identity(descriptor: Descriptor) -> dict[str, Any]:
+    """What the cached features of ``descriptor`` depend on (its runtime keys excluded)."""
+    runtime = set(descriptor.runtime_keys)
     return {
         "method": descriptor.name,
-        "config": descriptor.config,
+        "config": {k: v for k, v in descriptor.config.items() if k not in runtime},
         "method_version": descriptor.version,
         "plugin_version": _plugin_version(type(descriptor)),
         "weights": descriptor.weights_identity(),

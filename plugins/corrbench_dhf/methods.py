@@ -18,6 +18,8 @@ import corrbench
 from corrbench.errors import UsageError, WeightsError
 
 from corrbench_sd.configs import SD21
+from corrbench_sd.methods import SD_RUNTIME_KEYS
+from corrbench_sd.speed import check_runtime_config
 
 from . import weights as dhf_weights
 from .slots import LAYERS, PAPER_SAVE_INDICES, SlotInfo, slot_info
@@ -85,8 +87,13 @@ class _DHFBase(corrbench.Descriptor):
     """Shared config, extractor and aggregation-network loading of the DHF methods."""
 
     config_namespaces = {"sd": SD_KEYS, "dhf": DHF_KEYS}
+    runtime_keys = SD_RUNTIME_KEYS
     preprocess = corrbench.Preprocess(load_size=224, resize="square", resample="bilinear")
     default_config: dict[str, Any] = {**SD_DEFAULTS, "weights": "auto", "sd_weights": "pretrained"}
+
+    def __init__(self, config: dict[str, Any] | None = None, device: str = "cpu"):
+        super().__init__(config, device)
+        check_runtime_config(self.config)
     #: released file used by ``weights=auto`` (the pruned rows read the "Ours" network)
     released_file = dhf_weights.RELEASED_FILES["dhf"]
     #: saved step indices when the checkpoint does not state them

@@ -12,7 +12,7 @@ runs each map through its bottleneck at once, so the 11 × 10,560-channel stack 
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 from corrbench.errors import UsageError
 
@@ -20,6 +20,7 @@ from .configs import SD15, SD21
 from .ddim import DDIMSchedule, Step, ddim_update
 from .hooks import Conv2Capture, StopForward, check_layers
 from .loading import SDComponents, get_components
+from .speed import as_bool, compile_mode, is_compiled, padded_batch, prepare_unet
 
 __all__ = ["LAYERS", "PAPER_SAVE_INDICES", "SD15", "SD21", "SDFeatureExtractor", "LATENT_MODES"]
 
@@ -47,6 +48,9 @@ class SDFeatureExtractor:
         image_size: side of the square UNet input image (paper: 512; the latent is ``image_size / 8``).
         output_resolution: side of the resized feature maps (paper: 64).
         weights: ``pretrained`` or ``random`` (the architecture with random weights, for offline tests).
+        compile: ``torch.compile`` the UNet: false, true or a torch.compile mode (see ``speed``).
+        channels_last: store the UNet's weights channels-last (faster convolutions on tensor cores).
+        compile_backend: torch.compile backend (``inductor``; tests use ``eager`` to count graphs fast).
 
     ``consume`` runs inside the UNet forward. When the caller is in ``torch.inference_mode`` it runs
     there too and gets inference tensors; otherwise it runs outside inference mode, in the caller's
@@ -55,7 +59,8 @@ class SDFeatureExtractor:
 
     def __init__(self, model: str = SD15, *, device: str = "cpu", dtype: str = "auto", latent: str = "sample",
                  seed: int = 0, num_steps: int = 50, image_size: int = 512, output_resolution: int = 64,
-                 weights: str = "pretrained"):
+                 weights: str = "pretrained", compile: Any = False, channels_last: Any = False,
+                 compile_backend: str = "inductor"):
         if latent not in LATENT_MODES:
             raise UsageError(f"sd.latent {latent!r} is not one of {', '.join(LATENT_MODES)}")
         if int(image_size) < 8 or int(image_size) % 8:
@@ -70,6 +75,9 @@ class SDFeatureExtractor:
         self.image_size = int(image_size)
         self.output_resolution = int(output_resolution)
         self.weights = weights
+        self.compile_mode = compile_mode(compile)
+        self.channels_last = as_bool(channels_last, "sd.channels_last")
+        self.compile_backend = compile_backend
         self.schedule = DDIMSchedule(num_steps)
         self.num_steps = self.schedule.num_steps
         self._components: SDComponents | None = None
@@ -78,7 +86,10 @@ class SDFeatureExtractor:
     @property
     def components(self) -> SDComponents:
         if self._components is None:
-            self._components = get_components(self.model, weights=self.weights, device=self.device, dtype=self.dtype)
+            components = get_components(self.model, weights=self.weights, device=self.device, dtype=self.dtype)
+            prepare_unet(components.unet, mode=self.compile_mode, channels_last=self.channels_last,
+                         backend=self.compile_backend)
+            self._components = components
         return self._components
 
     @property
@@ -138,14 +149,21 @@ class SDFeatureExtractor:
         slot_of = {k: s for s, k in enumerate(indices)}
         steps = self.schedule.inversion_steps()
         steps = steps[: self.num_steps - min(indices)]  # up to the step of the smallest saved index
+        # a compiled UNet is traced once: no early-stop exception inside it, and one batch size
+        eager = not is_compiled(self.unet)
         with torch.inference_mode(), capture.attached(self.unet):
             x = self.encode(images)
-            context = self.components.text_embeddings([""]).expand(x.shape[0], -1, -1).contiguous()
+            batch = x.shape[0]
+            run_batch = padded_batch(batch, self.unet)
+            if run_batch > batch:
+                x = torch.cat([x, x.new_zeros((run_batch - batch, *x.shape[1:]))])
+                capture.batch_slice = slice(0, batch)
+            context = self.components.text_embeddings([""]).expand(run_batch, -1, -1).contiguous()
             for n, step in enumerate(steps):
                 capture.slot = slot_of.get(step.index)
                 last = n == len(steps) - 1
-                capture.stop_after = capture.deepest() if last else None
-                eps = self._unet(x, step, context, stop=last)
+                capture.stop_after = capture.deepest() if last and eager else None
+                eps = self._unet(x, step, context, capture, stop=last and eager)
                 if not last:
                     x = ddim_update(x, eps, step)
 
@@ -194,10 +212,10 @@ class SDFeatureExtractor:
             for step in self.schedule.generation_steps():
                 capture.slot = slot_of.get(step.index) if layers else None
                 if use_cfg:
-                    eps_u, eps_c = self._unet(torch.cat([x, x]), step, context, stop=False).chunk(2)
+                    eps_u, eps_c = self._unet(torch.cat([x, x]), step, context, capture, stop=False).chunk(2)
                     eps = eps_u + guidance * (eps_c - eps_u)
                 else:
-                    eps = self._unet(x, step, context, stop=False)
+                    eps = self._unet(x, step, context, capture, stop=False)
                 x = ddim_update(x, eps, step)
             vae = comps.decoder_vae()
             decoded = vae.decode((x / comps.scaling_factor).to(vae.dtype)).sample
@@ -214,15 +232,28 @@ class SDFeatureExtractor:
         grad_mode = None if torch.is_inference_mode_enabled() else torch.is_grad_enabled()
         return Conv2Capture(layers, consume, self.output_resolution, grad_mode=grad_mode)
 
-    def _unet(self, x, step: Step, context, *, stop: bool):
-        """One UNet call at ``step.t`` (float32 ε out); with ``stop``, a StopForward ends it early."""
+    def _unet(self, x, step: Step, context, capture: Conv2Capture, *, stop: bool):
+        """One UNet call at ``step.t`` (float32 ε out), then its recorded maps drained to the consumer.
+
+        With ``stop``, a StopForward from the deepest hooked layer ends the call early (returns None).
+        """
         import torch
 
         unet = self.unet
         t = torch.full((x.shape[0],), float(step.t), device=x.device, dtype=torch.float32)
+        sample = x.to(unet.dtype)
+        if self.channels_last:
+            sample = sample.contiguous(memory_format=torch.channels_last)
+        elif is_compiled(unet):
+            # one layout for every call: a compiled UNet guards on strides, and the VAE's latent (a view
+            # into its moments) and the DDIM update's output differ there. Eager keeps the natural
+            # strides, so its numbers stay bit-identical to earlier releases' cached features.
+            sample = sample.contiguous()
         try:
-            return unet(x.to(unet.dtype), t, encoder_hidden_states=context).sample.float()
+            eps = unet(sample, t, encoder_hidden_states=context).sample.float()
         except StopForward:
             if not stop:  # pragma: no cover - stop_after is only set on the last step
                 raise
-            return None
+            eps = None
+        capture.drain()
+        return eps

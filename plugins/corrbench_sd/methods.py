@@ -20,6 +20,7 @@ from corrbench.errors import UsageError
 from .configs import SD15
 from .ddim import DDIMSchedule
 from .extractor import LAYERS, PAPER_SAVE_INDICES, SDFeatureExtractor
+from .speed import check_runtime_config
 
 #: Every key shared by SD-based methods, with its default (``--set sd.<key>=value``).
 SD_SHARED_DEFAULTS: dict[str, Any] = {
@@ -33,10 +34,15 @@ SD_SHARED_DEFAULTS: dict[str, Any] = {
     "output_resolution": 64,  # side of every captured map
     "load_size": 224,  # the paper's test-time load size (square, PIL bilinear)
     "raw_indices": list(PAPER_SAVE_INDICES),  # saved steps exported by `corrbench extract --raw`
+    "compile": False,  # torch.compile the UNet: true (max-autotune-no-cudagraphs) or a mode name
+    "channels_last": False,  # channels-last UNet weights and inputs
 }
+#: Keys that change the speed of extraction, never its result: left out of the feature-cache key.
+SD_RUNTIME_KEYS: tuple[str, ...] = ("compile", "channels_last")
 SD_SHARED_KEYS: tuple[str, ...] = tuple(SD_SHARED_DEFAULTS)
 #: Extractor constructor arguments that come straight from the shared config.
-_EXTRACTOR_KEYS = ("model", "weights", "dtype", "latent", "seed", "num_steps", "image_size", "output_resolution")
+_EXTRACTOR_KEYS = ("model", "weights", "dtype", "latent", "seed", "num_steps", "image_size", "output_resolution",
+                   "compile", "channels_last")
 
 
 def make_extractor(config: dict[str, Any], device: str) -> SDFeatureExtractor:
@@ -76,6 +82,7 @@ class SDDescriptor(corrbench.Descriptor):
     """Base of the SD feature methods: shared config, preprocessing, weights identity and raw export."""
 
     config_namespaces = {"sd": SD_SHARED_KEYS}
+    runtime_keys = SD_RUNTIME_KEYS
     preprocess = Preprocess(load_size=224, resize="square", resample="bilinear")
     # a 64 × 64 map has 1,280 (Layer-4) to 10,560 (Concat-All) channels: 10–86 MB per image in float16
     cache_dtype = "float16"
@@ -85,6 +92,7 @@ class SDDescriptor(corrbench.Descriptor):
         super().__init__(config, device)
         self.schedule = DDIMSchedule(_as_int(self.config["num_steps"], "sd.num_steps"))
         self.raw_indices = self.schedule.check_indices(self.config["raw_indices"])
+        check_runtime_config(self.config)
         self.validate_config()
 
     def validate_config(self) -> None:
