@@ -137,7 +137,33 @@ def unet_forward_flops(unet, batch: int, latent_side: int, context, device: str)
     x = torch.randn(batch, unet.config.in_channels, latent_side, latent_side, device=device, dtype=unet.dtype)
     t = torch.full((batch,), 500.0, device=device)
     ctx = context.expand(batch, -1, -1)
-    return count_flops(lambda: unet(x, t, encoder_hidden_states=ctx))
+    # ``forward`` itself: a compiled UNet's ``__call__`` would trace again under the counting mode
+    return count_flops(lambda: unet.forward(x, t, encoder_hidden_states=ctx))
+
+
+def unet_only_seconds(ex, layers, batch: int, iters: int, device: str) -> float:
+    """Seconds for ``iters`` UNet calls at ``batch`` made as extraction makes them, maps dropped.
+
+    The same hooks, inputs and entry point (``extractor._unet``) as extraction, so a compiled UNet
+    runs the graph extraction compiled instead of tracing a hook-less one.
+    """
+    from corrbench_sd.hooks import Conv2Capture
+
+    side = ex.image_size // ex._vae_factor()
+    steps = ex.schedule.inversion_steps()
+    step = steps[len(steps) // 2]
+    capture = Conv2Capture(layers, lambda *a: None, ex.output_resolution, grad_mode=None)  # slot None: dropped
+    with torch.inference_mode(), capture.attached(ex.unet):
+        # inference tensors, as in extraction: a compiled UNet guards on the dispatch keys too
+        x = torch.randn(batch, ex.unet.config.in_channels, side, side, device=device)
+        context = ex.components.text_embeddings([""]).expand(batch, -1, -1).contiguous()
+        ex._unet(x, step, context, capture, stop=False)
+        synchronize(device)
+        t0 = time.perf_counter()
+        for _ in range(iters):
+            ex._unet(x, step, context, capture, stop=False)
+        synchronize(device)
+        return time.perf_counter() - t0
 
 
 def vae_encode_flops(ex, device: str) -> int:
@@ -235,14 +261,17 @@ def sdpa_backend(name: str | None) -> Iterator[None]:
         yield
 
 
-def prepare_unet(desc, *, channels_last: bool, compile_unet: bool, compile_mode: str) -> None:
-    """Channels-last weights and/or ``torch.compile`` on the (process-shared) UNet."""
-    unet = desc.extractor.unet
-    if channels_last:
-        unet.to(memory_format=torch.channels_last)
-    if compile_unet and not getattr(unet, "_corrbench_compiled", False):
-        unet.compile(mode=compile_mode, dynamic=False)
-        unet._corrbench_compiled = True
+def prepare_unet(desc, *, channels_last: bool, compile_unet: bool, compile_mode: str,
+                 compile_backend: str = "inductor") -> None:
+    """Switch the descriptor's extractor to ``sd.channels_last`` / ``sd.compile`` as a user's config would."""
+    from corrbench_sd.speed import prepare_unet as prepare
+
+    ex = desc.extractor
+    ex.channels_last = ex.channels_last or channels_last
+    if compile_unet:
+        ex.compile_mode = compile_mode
+        ex.compile_backend = compile_backend
+    prepare(ex.unet, mode=ex.compile_mode, channels_last=ex.channels_last, backend=ex.compile_backend)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -259,6 +288,8 @@ def run_official(desc, images: torch.Tensor, *, host_copy: bool = True):
     Every one of the 50 UNet calls runs in full, the latent goes to the host and back after each
     step, every captured map is written into one ``B × S·ΣC × R × R`` stack in the compute dtype,
     which is then copied to float32 and fed to the aggregation network's stack-then-aggregate form.
+    The UNet calls go through the extractor's own ``_unet`` (the same hooks and inputs), so the
+    comparison is of the structure alone.
     """
     from corrbench_sd.ddim import ddim_update
     from corrbench_sd.hooks import Conv2Capture
@@ -285,8 +316,7 @@ def run_official(desc, images: torch.Tensor, *, host_copy: bool = True):
             context = ex.components.text_embeddings([""]).expand(x.shape[0], -1, -1)
             for step in ex.schedule.inversion_steps():  # all of them, no early stop
                 capture.slot = slot_of.get(step.index)
-                t = torch.full((x.shape[0],), float(step.t), device=x.device, dtype=torch.float32)
-                eps = unet(x.to(unet.dtype), t, encoder_hidden_states=context).sample.float()
+                eps = ex._unet(x, step, context, capture, stop=False)
                 x = ddim_update(x, eps, step)
                 if host_copy:  # the official loop keeps the latent trajectory on the host
                     x = x.cpu().to(images.device)
@@ -335,21 +365,28 @@ def _images(batch: int, side: int, device: str, seed: int = 0) -> torch.Tensor:
 
 
 class UNetCallCounter:
-    """Counts UNet forwards (a pre-hook on the top module) — early-stopped calls included."""
+    """Counts the extractor's UNet calls, early-stopped ones included.
 
-    def __init__(self, unet):
-        self.unet = unet
+    It wraps the extractor's ``_unet`` method rather than hooking the module: a hook on a compiled
+    UNet changes its guards and would make dynamo trace it again.
+    """
+
+    def __init__(self, extractor):
+        self.extractor = extractor
         self.calls = 0
 
     def __enter__(self):
-        self.handle = self.unet.register_forward_pre_hook(self._hook)
+        inner = self.extractor._unet
+
+        def counted(*args, **kwargs):
+            self.calls += 1
+            return inner(*args, **kwargs)
+
+        self.extractor._unet = counted
         return self
 
-    def _hook(self, module, args):
-        self.calls += 1
-
     def __exit__(self, *exc):
-        self.handle.remove()
+        del self.extractor._unet  # the class's method again
         return False
 
 
@@ -374,7 +411,7 @@ def measure(desc, setting: Setting, *, device: str, iters: int, warmup: int, pea
     with sdpa_backend(sdpa):
         flops_call = unet_forward_flops(unet, 1, side, context, device)  # per image (FLOPs are linear in batch)
         flops_vae = vae_encode_flops(ex, device)
-        with UNetCallCounter(unet) as counter:
+        with UNetCallCounter(ex) as counter:
             fn(desc, images)
         calls = counter.calls
         for _ in range(max(0, warmup - 1)):
@@ -401,19 +438,7 @@ def measure(desc, setting: Setting, *, device: str, iters: int, warmup: int, pea
         peak_bytes = max_allocated(device)
         unet_tflops = None
         if unet_only_iters > 0:
-            x = torch.randn(setting.batch, unet.config.in_channels, side, side, device=device, dtype=unet.dtype)
-            if setting.channels_last:
-                x = x.to(memory_format=torch.channels_last)
-            t = torch.full((setting.batch,), 500.0, device=device)
-            ctx = context.expand(setting.batch, -1, -1)
-            with torch.inference_mode():
-                unet(x, t, encoder_hidden_states=ctx)
-                synchronize(device)
-                u0 = time.perf_counter()
-                for _ in range(unet_only_iters):
-                    unet(x, t, encoder_hidden_states=ctx)
-                synchronize(device)
-                unet_s = time.perf_counter() - u0
+            unet_s = unet_only_seconds(ex, desc.layers, setting.batch, unet_only_iters, device)
             unet_tflops = flops_call * setting.batch * unet_only_iters / unet_s / 1e12
     n_images = setting.batch * iters
     ips = n_images / seconds
@@ -468,6 +493,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--official-only", action="store_true", help="only the official structure")
     p.add_argument("--compile", action="store_true", help="also run each setting with torch.compile on the UNet")
     p.add_argument("--compile-mode", default="max-autotune-no-cudagraphs")
+    p.add_argument("--compile-backend", default="inductor",
+                   help="torch.compile backend (the CPU smoke test uses eager: it traces, generates no code)")
     p.add_argument("--channels-last", action="store_true", help="also run each setting with channels-last")
     p.add_argument("--sdpa", choices=["flash", "efficient", "cudnn", "math"], default=None,
                    help="force one SDPA backend (default: PyTorch's choice)")
@@ -590,7 +617,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 for setting in plan:
                     if setting.compile or setting.channels_last:
                         prepare_unet(desc, channels_last=setting.channels_last, compile_unet=setting.compile,
-                                     compile_mode=args.compile_mode)
+                                     compile_mode=args.compile_mode, compile_backend=args.compile_backend)
                     try:
                         row = measure(desc, setting, device=device, iters=args.iters, warmup=args.warmup, peak=peak,
                                       sdpa=args.sdpa, sync_debug=args.sync_debug, unet_only_iters=args.unet_iters)

@@ -63,6 +63,43 @@ def test_tiny_smoke_run_writes_rows_ratios_and_parity(tmp_path):
     assert saved["parity_max_rel_diff"]["tiny/float32"] < 1e-5
 
 
+def test_compiled_rows_trace_the_unet_once_per_batch_size(tmp_path):
+    """--compile through sd.compile's path: one dynamo graph per batch size, timing and FLOP counting included."""
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    try:
+        report = gt.main(SMOKE + ["--compile", "--compile-backend", "eager", "--unet-iters", "2"])
+    finally:
+        torch._dynamo.reset()
+    compiled = [r for r in report["rows"] if r["compile"]]
+    assert [r["batch"] for r in compiled] == [1, 2]
+    assert all(r["error"] is None and r["images_per_s"] > 0 and r["unet_tflops"] > 0 for r in compiled)
+    # batch 1 traced once, batch 2 once more: the call counter, the UNet-only loop and the FLOP count
+    # (which runs ``forward`` directly) add no traces, and no step's slot does
+    assert [r["dynamo_graphs"] for r in compiled] == [1, 2]
+    assert not counters["graph_break"]
+
+
+def test_prepared_session_script_runs_both_stages(tmp_path):
+    """benchmarks/gpu_session.sh (the one prepared device run) with the tiny CPU model instead of the GPU."""
+    import os
+    import subprocess
+
+    root = SCRIPT.parents[1]
+    env = {**os.environ, "GPU_SESSION_SMOKE": "1", "PYTHON": sys.executable}
+    done = subprocess.run(["bash", str(root / "benchmarks" / "gpu_session.sh"), str(tmp_path)], cwd=root, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    eager = json.loads((tmp_path / "eager.json").read_text())
+    compiled = json.loads((tmp_path / "compile.json").read_text())
+    assert {r["mode"] for r in eager["rows"]} == {"official", "corrbench"} and eager["ratios"]
+    assert eager["parity_max_rel_diff"] == {"tiny/float32": 0.0}
+    assert [r["compile"] for r in compiled["rows"]] == [False, False, True]
+    assert all(r["error"] is None for r in eager["rows"] + compiled["rows"])
+
+
 def test_cuda_request_without_cuda_is_a_clear_exit(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(SystemExit, match="CUDA is not available"):
