@@ -247,8 +247,8 @@ def test_custom_pair_list_and_bad_config(cub_copy, tmp_path):
     assert len(list(ds.pairs())) == 2
     assert ds.protocol()["pair_list"] == str(custom)
     assert not (cub_copy / ".corrbench").exists()  # no generated list when a list is given
-    with pytest.raises(UsageError, match="cub.crop='bbox' is not implemented"):
-        CUBDataset(root=cub_copy, config={"crop": "bbox"})
+    with pytest.raises(UsageError, match=r"cub.crop='square' is not a crop mode; valid: 'none'"):
+        CUBDataset(root=cub_copy, config={"crop": "square"})
     with pytest.raises(UsageError, match="cub.num_pairs must be a positive integer"):
         CUBDataset(root=cub_copy, config={"num_pairs": 0})
     with pytest.raises(UsageError, match="has no config key"):
