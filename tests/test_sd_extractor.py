@@ -97,12 +97,15 @@ def ref_text(tok, text, prompts):
 
 def ref_latents(vae, images, *, seed=None):
     x = F.interpolate(images * 2 - 1, size=(SIZE, SIZE), mode="bilinear", align_corners=False)
-    dist = vae.encode(x).latent_dist
+    # image by image, as the extractor encodes (to bound the VAE's peak memory); a batched encode
+    # differs in the last bits (another convolution algorithm), which 50 steps of a random UNet amplify
+    dists = [vae.encode(x[i:i + 1]).latent_dist for i in range(x.shape[0])]
+    mean, std = torch.cat([d.mean for d in dists]), torch.cat([d.std for d in dists])
     if seed is None:
-        return dist.mean * 0.18215
-    noise = torch.stack([torch.randn(dist.mean.shape[1:], generator=torch.Generator().manual_seed(seed))
+        return mean * 0.18215
+    noise = torch.stack([torch.randn(mean.shape[1:], generator=torch.Generator().manual_seed(seed))
                          for _ in range(images.shape[0])])
-    return (dist.mean + dist.std * noise) * 0.18215
+    return (mean + std * noise) * 0.18215
 
 
 def resize(feat, r=64):

@@ -116,18 +116,22 @@ class SDFeatureExtractor:
         if x.shape[-2:] != (self.image_size, self.image_size):
             # DHF: F.interpolate(..., mode="bilinear") without antialias (pitfall P14)
             x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False)
-        posterior = vae.encode(x.to(vae.dtype)).latent_dist
+        # one image at a time: at 512 px the encoder holds about five 128-channel full-resolution maps
+        # at its peak (640 MB per image in float32, measured: benchmarks/README.md), which would
+        # otherwise be most of a batch's peak memory; the 50 UNet calls that follow dwarf its cost
+        dists = [vae.encode(image.to(vae.dtype)).latent_dist for image in x.split(1)]
+        mean = torch.cat([d.mean for d in dists])
         if self.latent == "mode":
-            z = posterior.mode()
+            z = mean  # the mode of a diagonal Gaussian
         else:
             # the same seeded draw for every image, from a CPU generator: batch- and device-independent
             gen = torch.Generator("cpu")
             noise = []
             for _ in range(x.shape[0]):
                 gen.manual_seed(self.seed)
-                noise.append(torch.randn(posterior.mean.shape[1:], generator=gen, dtype=torch.float32))
-            eps = torch.stack(noise).to(device=self.device, dtype=posterior.mean.dtype)
-            z = posterior.mean + posterior.std * eps
+                noise.append(torch.randn(mean.shape[1:], generator=gen, dtype=torch.float32))
+            eps = torch.stack(noise).to(device=self.device, dtype=mean.dtype)
+            z = mean + torch.cat([d.std for d in dists]) * eps
         return z.float() * comps.scaling_factor
 
     # -- inversion ----------------------------------------------------------------------------------
