@@ -103,7 +103,6 @@ def bench_pipeline(model: str | None = None, image_size: int = 512, resolution: 
                    load_size: int = 224) -> dict:
     from corrbench.testing.sd import make_tiny_sd
     from corrbench_dhf.methods import DHF
-    from corrbench_dhf.network import StreamingAggregator
 
     with tempfile.TemporaryDirectory() as tmp:
         model = model or str(make_tiny_sd(Path(tmp) / "sd"))
@@ -114,9 +113,7 @@ def bench_pipeline(model: str | None = None, image_size: int = 512, resolution: 
         rows, outs = {}, {}
 
         def streaming():
-            agg = StreamingAggregator(d.network)
-            d.run_features(image, d.indices, d.layers, agg)
-            return agg.result()
+            return d.extract(image)
 
         def materialised():
             return d.network(d.extract_raw(image))

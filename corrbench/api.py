@@ -169,6 +169,16 @@ class Descriptor:
         """Extra facts recorded in results.json (e.g. the checkpoint's stored config)."""
         return {}
 
+    def shared_pass(self) -> "SharedPass | None":
+        """The expensive computation this method shares with others, or None (the default).
+
+        Methods of one run whose shared passes compare equal (and whose preprocessing is the same)
+        are extracted together: the runner calls ``shared_pass().run(descriptors, images)`` once per
+        batch instead of each method's :meth:`extract` (every SD-based row of the DHF table shares
+        one DDIM inversion). Each output must equal what the method's own :meth:`extract` returns.
+        """
+        return None
+
     def extract_raw(self, images: "torch.Tensor") -> "torch.Tensor":
         """Raw intermediate features for ``corrbench extract --raw`` (methods that have such a notion)."""
         from .errors import UsageError as _UsageError
@@ -188,15 +198,21 @@ class Descriptor:
         if images.ndim != 4 or images.shape[1] != 3:
             raise DescriptorOutputError(f"{self.name}: input must be B×3×H×W, got {tuple(images.shape)}")
         self.ensure_ready()
-        prep = self.preprocessing()
-        if prep.mean is not None:
-            mean = torch.tensor(prep.mean, dtype=images.dtype, device=images.device).view(1, 3, 1, 1)
-            std = torch.tensor(prep.std or (1.0, 1.0, 1.0), dtype=images.dtype, device=images.device).view(1, 3, 1, 1)
-            images = (images - mean) / std
+        images = self._normalise(images)
         with torch.inference_mode():
             out = self.extract(images)
         self._validate(out, images.shape[0])
         return out
+
+    def _normalise(self, images: "torch.Tensor") -> "torch.Tensor":
+        import torch
+
+        prep = self.preprocessing()
+        if prep.mean is None:
+            return images
+        mean = torch.tensor(prep.mean, dtype=images.dtype, device=images.device).view(1, 3, 1, 1)
+        std = torch.tensor(prep.std or (1.0, 1.0, 1.0), dtype=images.dtype, device=images.device).view(1, 3, 1, 1)
+        return (images - mean) / std
 
     def _validate(self, out: Any, batch: int) -> None:
         import torch
@@ -213,6 +229,41 @@ class Descriptor:
             raise DescriptorOutputError(f"{self.name}.extract returned an empty map {tuple(out.shape)}")
         if not torch.isfinite(out).all():
             raise DescriptorOutputError(f"{self.name}.extract returned NaN or infinite values")
+
+
+class SharedPass:
+    """One computation several descriptors draw their features from (see :meth:`Descriptor.shared_pass`).
+
+    Subclasses are hashable values (frozen dataclasses): two methods share a pass when their passes
+    compare equal, so the value must hold everything the computation depends on.
+    """
+
+    def run(self, descriptors: "list[Descriptor]", images: "torch.Tensor") -> "list[torch.Tensor]":
+        """The outputs of ``descriptors`` (ready, same order) for a normalised batch, from one computation."""
+        raise NotImplementedError
+
+
+def describe_together(descriptors: "list[Descriptor]", images: "torch.Tensor") -> "list[torch.Tensor]":
+    """:meth:`Descriptor.describe` for descriptors of one shared pass: one computation, each output checked."""
+    import torch
+
+    if not descriptors:
+        return []
+    shared = descriptors[0].shared_pass()
+    if shared is None or any(d.shared_pass() != shared for d in descriptors[1:]):
+        raise UsageError(f"methods {[d.name for d in descriptors]} do not share one pass")
+    if images.ndim != 4 or images.shape[1] != 3:
+        raise DescriptorOutputError(f"{descriptors[0].name}: input must be B×3×H×W, got {tuple(images.shape)}")
+    for d in descriptors:
+        d.ensure_ready()
+    images = descriptors[0]._normalise(images)
+    with torch.inference_mode():
+        outs = shared.run(list(descriptors), images)
+    if len(outs) != len(descriptors):
+        raise DescriptorOutputError(f"shared pass {shared!r} returned {len(outs)} outputs for {len(descriptors)} methods")
+    for d, out in zip(descriptors, outs):
+        d._validate(out, images.shape[0])
+    return list(outs)
 
 
 class PairConditionedDescriptor(Descriptor):

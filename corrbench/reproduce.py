@@ -538,8 +538,8 @@ class Plan:
         total = self.total_seconds()
         runnable = sum(rp.available for rp in self.rows)
         lines.append(f"Estimated time: ~{_fmt_duration(total)} on {self.device} for {runnable} of {len(self.rows)} "
-                     "rows (rough figures for a 24 GB-class GPU or a desktop CPU, not measurements; cached "
-                     "features are not counted as saved)")
+                     "rows (rough figures for a 24 GB-class GPU or a desktop CPU, not measurements; rows that "
+                     "share one SD inversion count it once; cached features are not counted as saved)")
         lines.append("GPU memory: about 14 GB for the SD-1.5/2.1 rows in fp16 (the paper's notebooks report 13.7 GB; "
                      "its authors used 24 GB Titan RTX cards)")
         blocking = self.blocking()
@@ -728,6 +728,7 @@ def make_plan(table: TableSpec = DHF_TABLE, datasets: str | Sequence[str] | None
             (dp.pairs, dp.images), dp.counted = counts, True
         dp.pairs, dp.images = _scale_to_limit(dp.pairs, dp.images, limit)
 
+    passes: dict[Any, list[RowPlan]] = {}  # rows that share one extraction pass (one SD inversion)
     for rp in row_plans:
         if not rp.available:
             continue
@@ -737,6 +738,19 @@ def make_plan(table: TableSpec = DHF_TABLE, datasets: str | Sequence[str] | None
         for dp in ds_plans:
             if not dp.problem:
                 rp.seconds[dp.spec.name] = estimate_seconds(rp.row.method, dp.images, dp.pairs, device)
+        try:  # making a descriptor loads nothing; a config it refuses is reported when the row runs
+            shared = rp.cls(config=rp.overridden, device=device).shared_pass()
+        except Exception:
+            shared = None
+        if shared is not None:
+            passes.setdefault(shared, []).append(rp)
+    for members in passes.values():
+        # the run extracts them together: the pass is counted once, on its most expensive member
+        lead = max(members, key=lambda rp: sum(rp.seconds.values()))
+        for rp in members:
+            if rp is not lead:
+                rp.seconds = {name: estimate_seconds(rp.row.method, 0, dp.pairs, device)
+                              for dp in ds_plans if (name := dp.spec.name) in rp.seconds}
 
     return Plan(table, row_plans, ds_plans, parsed, device, limit,
                 Path(cache_dir) if cache_dir else default_cache_dir())

@@ -10,6 +10,7 @@ import datetime as _dt
 import functools
 import hashlib
 import io
+import json
 import os
 import resource
 import shutil
@@ -30,7 +31,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import __version__
-from .api import Dataset, Descriptor, FeatureGrid, Pair, PairConditionedDescriptor
+from .api import Dataset, Descriptor, FeatureGrid, Pair, PairConditionedDescriptor, describe_together
 from .cache import FeatureCache, atomic_write_bytes
 from .config import parse_overrides, resolve_overrides
 from .distributed import DistContext, init_from_env
@@ -84,32 +85,16 @@ class _FeatureStore:
         self._size = lru
 
     def fill(self, images: Sequence[ImageRecord], batch_size: int, progress: bool) -> dict[str, Any]:
-        prep = self.descriptor.preprocessing()
-        missing = [rec for rec in images if not self._cached(rec)]
-        t0 = time.perf_counter()
-        # images of one load size form a batch (the size differs per image only for aspect-keeping policies)
-        by_shape: dict[tuple[int, int], list[ImageRecord]] = {}
-        for rec in missing:
-            by_shape.setdefault(prep.load_hw(rec.size), []).append(rec)
-        bar = tqdm(total=len(missing), desc=f"{self.descriptor.name}: extract", unit="img",
-                   disable=not progress or None, leave=False)
-        for load_hw, recs in by_shape.items():
-            for i in range(0, len(recs), batch_size):
-                chunk = recs[i:i + batch_size]
-                batch = torch.from_numpy(np.stack([to_input(load_rgb(r.path), prep) for r in chunk])).to(self.device)
-                feats = self.descriptor.describe(batch)
-                grid = self.descriptor.feature_grid(load_hw, tuple(feats.shape[-2:]))
-                meta = {"grid": ",".join(repr(v) for v in (grid.stride_x, grid.stride_y, grid.offset_x, grid.offset_y)),
-                        "load_hw": f"{load_hw[0]},{load_hw[1]}", "image": str(chunk[0].path)}
-                for rec, f in zip(chunk, feats):
-                    self.cache.put(rec.sha256, f.to(getattr(torch, self.descriptor.cache_dtype)),
-                                   {**meta, "image": str(rec.path)})
-                bar.update(len(chunk))
-        bar.close()
-        seconds = time.perf_counter() - t0
-        return {"images": len(images), "images_extracted": len(missing), "images_cached": len(images) - len(missing),
-                "extract_seconds": seconds,
-                "extract_s_per_image": seconds / len(missing) if missing else None}
+        """Extract and cache the features of every image not cached yet; returns the cost."""
+        return fill_together([self], images, batch_size, progress)[0]
+
+    def put_batch(self, chunk: Sequence[ImageRecord], load_hw: tuple[int, int], feats: torch.Tensor) -> None:
+        grid = self.descriptor.feature_grid(load_hw, tuple(feats.shape[-2:]))
+        meta = {"grid": ",".join(repr(v) for v in (grid.stride_x, grid.stride_y, grid.offset_x, grid.offset_y)),
+                "load_hw": f"{load_hw[0]},{load_hw[1]}"}
+        for rec, f in zip(chunk, feats):
+            self.cache.put(rec.sha256, f.to(getattr(torch, self.descriptor.cache_dtype)),
+                           {**meta, "image": str(rec.path)})
 
     def _cached(self, rec: ImageRecord) -> bool:
         return self.cache._path(rec.sha256).exists()
@@ -162,6 +147,51 @@ class _FeatureStore:
             if len(self._norms) > 4 * self._size:
                 self._norms.popitem(last=False)
         return self._norms[rec.sha256]
+
+
+def fill_together(stores: Sequence[_FeatureStore], images: Sequence[ImageRecord], batch_size: int,
+                  progress: bool) -> list[dict[str, Any]]:
+    """Fill the caches of one method, or of several that share a pass, in batches; one cost per store.
+
+    Several stores extract together (``describe_together``): an image missing from any of them is
+    computed once for all, and the pass's time is reported for each, marked as shared.
+    """
+    descriptors = [s.descriptor for s in stores]
+    prep = descriptors[0].preprocessing()
+    missing = [rec for rec in images if any(not s._cached(rec) for s in stores)]
+    t0 = time.perf_counter()
+    # images of one load size form a batch (the size differs per image only for aspect-keeping policies)
+    by_shape: dict[tuple[int, int], list[ImageRecord]] = {}
+    for rec in missing:
+        by_shape.setdefault(prep.load_hw(rec.size), []).append(rec)
+    label = "+".join(d.name for d in descriptors)
+    bar = tqdm(total=len(missing), desc=f"{label}: extract", unit="img", disable=not progress or None, leave=False)
+    for load_hw, recs in by_shape.items():
+        for i in range(0, len(recs), batch_size):
+            chunk = recs[i:i + batch_size]
+            batch = torch.from_numpy(np.stack([to_input(load_rgb(r.path), prep) for r in chunk])).to(stores[0].device)
+            outs = [descriptors[0].describe(batch)] if len(stores) == 1 else describe_together(descriptors, batch)
+            for store, feats in zip(stores, outs):
+                store.put_batch(chunk, load_hw, feats)
+            bar.update(len(chunk))
+    bar.close()
+    seconds = time.perf_counter() - t0
+    cost = {"images": len(images), "images_extracted": len(missing), "images_cached": len(images) - len(missing),
+            "extract_seconds": seconds, "extract_s_per_image": seconds / len(missing) if missing else None}
+    if len(stores) == 1:
+        return [cost]
+    return [{**cost, "extract_shared_with": [d.name for d in descriptors if d is not s.descriptor]} for s in stores]
+
+
+def shared_groups(descriptors: dict[str, Descriptor]) -> list[list[str]]:
+    """Names of methods that share a pass and a preprocessing, in run order; groups of two or more."""
+    groups: dict[Any, list[str]] = {}
+    for name, descriptor in descriptors.items():
+        shared = descriptor.shared_pass()
+        if shared is not None:
+            key = (shared, json.dumps(descriptor.preprocessing().as_dict(), sort_keys=True, default=str))
+            groups.setdefault(key, []).append(name)
+    return [names for names in groups.values() if len(names) > 1]
 
 
 @functools.lru_cache(maxsize=None)
@@ -254,9 +284,13 @@ def _merge_costs(costs: list[dict[str, Any]], n_images: int) -> dict[str, Any]:
     """One cost record for all ranks: images summed, wall time of the slowest rank."""
     extracted = sum(c.get("images_extracted", 0) for c in costs)
     seconds = max((c.get("extract_seconds", 0.0) for c in costs), default=0.0)
-    return {"images": n_images, "images_extracted": extracted, "images_cached": n_images - extracted,
-            "extract_seconds": seconds, "extract_s_per_image": seconds * len(costs) / extracted if extracted else None,
-            "processes": len(costs)}
+    merged = {"images": n_images, "images_extracted": extracted, "images_cached": n_images - extracted,
+              "extract_seconds": seconds, "extract_s_per_image": seconds * len(costs) / extracted if extracted else None,
+              "processes": len(costs)}
+    shared = next((c["extract_shared_with"] for c in costs if c.get("extract_shared_with")), None)
+    if shared:  # the seconds are those of the one pass that served these methods together
+        merged["extract_shared_with"] = shared
+    return merged
 
 
 def _reference_lengths(pair: Pair, target_size: tuple[int, int]) -> tuple[float, float]:
@@ -355,6 +389,20 @@ def run_benchmark(methods: str | Sequence[str], dataset: str, split: str | None 
         ctx.close()
 
 
+def _fill(ctx: DistContext, stores: list[_FeatureStore], used: Sequence[ImageRecord], batch_size: int,
+          progress: bool, device: str) -> list[dict[str, Any]]:
+    """Each rank fills its shard; a failure anywhere is raised everywhere; the costs are merged."""
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    error = None
+    try:
+        costs = fill_together(stores, ctx.shard(used), batch_size, progress)
+    except Exception as exc:  # agreed on below, so no rank waits forever for a failed one
+        error, costs = exc, [{} for _ in stores]
+    ctx.agree(error)
+    return [_merge_costs(ctx.all_gather(cost), len(used)) for cost in costs]
+
+
 def _run(ctx: DistContext, host, method_classes, method_cfgs, ds_entry, ds_cls, ds_cfg, split, data_root, limit, device,
          batch_size, out_dir, cache_dir, no_cache, skip_invalid, compare, alphas, progress, echo, started) -> RunResult:
     if ctx.active and no_cache:
@@ -376,20 +424,19 @@ def _run(ctx: DistContext, host, method_classes, method_cfgs, ds_entry, ds_cls, 
     cache_root = Path(tmp_cache) if tmp_cache else Path(cache_dir) if cache_dir else default_cache_dir()
     method_results: list[MethodResult] = []
     try:
-        for name, cls in method_classes.items():
-            descriptor: Descriptor = cls(config=method_cfgs[name], device=device)
-            cache = FeatureCache(cache_root, name, method_identity(descriptor))
-            store = _FeatureStore(descriptor, cache, device)
-            if device.startswith("cuda"):
-                torch.cuda.reset_peak_memory_stats()
-            used = sorted({records[x] for pair in pairs for x in (pair.source, pair.target)}, key=lambda r: r.sha256)
-            error = None
-            try:
-                cost = store.fill(ctx.shard(used), batch_size, progress)
-            except Exception as exc:  # agreed on below, so no rank waits forever for a failed one
-                error, cost = exc, {}
-            ctx.agree(error)
-            cost = _merge_costs(ctx.all_gather(cost), len(used))
+        descriptors: dict[str, Descriptor] = {name: cls(config=method_cfgs[name], device=device)
+                                              for name, cls in method_classes.items()}
+        stores = {name: _FeatureStore(d, FeatureCache(cache_root, name, method_identity(d)), device)
+                  for name, d in descriptors.items()}
+        used = sorted({records[x] for pair in pairs for x in (pair.source, pair.target)}, key=lambda r: r.sha256)
+        # methods sharing a pass (one SD inversion for every SD-1.5 row) are extracted together first
+        costs: dict[str, dict[str, Any]] = {}
+        for group in shared_groups(descriptors):
+            costs.update(zip(group, _fill(ctx, [stores[n] for n in group], used, batch_size, progress, device)))
+        for name in descriptors:
+            descriptor, store = descriptors[name], stores[name]
+            cache = store.cache
+            cost = costs[name] if name in costs else _fill(ctx, [store], used, batch_size, progress, device)[0]
             evaluated, error = None, None
             if ctx.is_main:  # the readout runs once; the other ranks wait to hear whether it worked
                 try:
@@ -406,7 +453,9 @@ def _run(ctx: DistContext, host, method_classes, method_cfgs, ds_entry, ds_cls, 
             method_results.append(MethodResult(name, descriptor, str(cache.dir), cache.digest,
                                               cache.identity["weights"], preds, keypoints, cost))
             if echo:
-                echo(f"{name}: {cost['images_extracted']} images extracted, {cost['images_cached']} from cache")
+                shared = f" (one pass shared with {', '.join(cost['extract_shared_with'])})" \
+                    if cost.get("extract_shared_with") else ""
+                echo(f"{name}: {cost['images_extracted']} images extracted{shared}, {cost['images_cached']} from cache")
     finally:
         if tmp_cache:
             shutil.rmtree(tmp_cache, ignore_errors=True)

@@ -102,6 +102,26 @@ def test_overrides_reach_the_rows_that_take_them_and_mark_the_plan():
     assert make_plan(device="cpu").paper_protocol()
 
 
+def test_rows_sharing_one_inversion_count_it_once_in_the_estimate():
+    from corrbench.reproduce import estimate_seconds
+
+    plan = make_plan(datasets="spair", device="cuda")
+    rows = {rp.row.method: rp for rp in plan.rows}
+    images, pairs = plan.datasets[0].images, plan.datasets[0].pairs
+    sd15 = ["sd-layer-4", "sd-concat-all", "dhf", "dhf-one-step", "sd-layer-pruned", "dhf-pruned"]
+    # the most expensive member carries the inversion; the others only their readout
+    assert rows["dhf"].seconds["spair"] == estimate_seconds("dhf", images, pairs, "cuda")
+    for name in set(sd15) - {"dhf"}:
+        assert rows[name].seconds["spair"] == estimate_seconds(name, 0, pairs, "cuda"), name
+    # another model or method family is its own pass
+    for name in ("dhf-sd21", "dino", "dhpf"):
+        assert rows[name].seconds["spair"] == estimate_seconds(name, images, pairs, "cuda"), name
+    # a row whose SD settings differ is not in the shared pass
+    seeded = {rp.row.method: rp for rp in make_plan(datasets="spair", device="cuda",
+                                                    overrides=["sd-layer-4.seed=5"]).rows}
+    assert seeded["sd-layer-4"].seconds["spair"] == estimate_seconds("sd-layer-4", images, pairs, "cuda")
+
+
 def test_a_row_whose_plugin_is_missing_is_reported(monkeypatch):
     from corrbench import plugins
 
@@ -210,7 +230,8 @@ def test_a_row_failing_at_run_time_is_isolated_and_reported(fixture_run, tmp_pat
     def boom(self, images):
         raise RuntimeError("boom in sd-concat-all")
 
-    monkeypatch.setattr(SDConcatAll, "extract", boom)
+    # its plan is what both paths run: alone (extract) and sharing the inversion with sd-layer-4
+    monkeypatch.setattr(SDConcatAll, "inversion_plan", boom)
     work, args, _ = fixture_run
     args = list(args)
     args[args.index("--out") + 1] = str(tmp_path / "out")

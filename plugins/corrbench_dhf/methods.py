@@ -19,6 +19,7 @@ from corrbench.errors import UsageError, WeightsError
 
 from corrbench_sd.configs import SD21
 from corrbench_sd.methods import SD_RUNTIME_KEYS
+from corrbench_sd.shared import InversionPass, InversionPlan, inversion_pass, run_plans
 from corrbench_sd.speed import check_runtime_config
 
 from . import weights as dhf_weights
@@ -169,9 +170,18 @@ class _DHFBase(corrbench.Descriptor):
         cfg["weights"] = self.config["sd_weights"]
         return make_extractor(cfg, self.device)
 
-    def run_features(self, images, save_indices: Sequence[int], layers: Sequence[tuple[int, int]], consume) -> None:
-        """DDIM inversion of ``images`` up to the last saved step, each captured map handed to ``consume``."""
-        self.extractor.invert(images, save_indices=tuple(save_indices), layers=tuple(layers), consume=consume)
+    # one inversion serves every SD-based method of a run with the same settings (corrbench_sd.shared)
+    def shared_pass(self) -> InversionPass:
+        sd = {k: self.config[k] for k in SD_KEYS}
+        sd["weights"] = self.config["sd_weights"]
+        return inversion_pass(sd, self.device)
+
+    def inversion_plan(self, images) -> InversionPlan:
+        """The maps this method keeps from the inversion of ``images`` and how it builds its output."""
+        raise NotImplementedError
+
+    def extract(self, images):
+        return run_plans(self.extractor, [self.inversion_plan(images)], images)[0]
 
     def _checkpoint_info(self) -> dict[str, Any]:
         ckpt = self.checkpoint
@@ -193,12 +203,11 @@ class DHF(_DHFBase):
         channels = self.extractor.layer_channels(self.layers)
         self.network = self.build_network(channels, len(self.indices))
 
-    def extract(self, images):
+    def inversion_plan(self, images) -> InversionPlan:
         from .network import StreamingAggregator
 
         agg = StreamingAggregator(self.network)
-        self.run_features(images, self.indices, self.layers, agg)
-        return agg.result()
+        return InversionPlan(tuple(self.indices), tuple(self.layers), agg, agg.result)
 
     def extract_raw(self, images):
         """The network's input, materialised: B × (S · ΣC) × R × R, timestep-major (slot s, then layer)."""
@@ -215,7 +224,7 @@ class DHF(_DHFBase):
             c0 = slot * per_t + offsets[position]
             out[:, c0:c0 + channels[position]] = feat.to("cpu")
 
-        self.run_features(images, self.indices, self.layers, consume)
+        self.extractor.invert(images, save_indices=tuple(self.indices), layers=tuple(self.layers), consume=consume)
         return out
 
     def run_info(self) -> dict[str, Any]:
@@ -259,9 +268,6 @@ class DHFOneStep(DHF):
                 raise WeightsError(f"{self.weights_path}: a network of {ckpt.num_timesteps} timestep(s) with "
                                    f"save_timestep {stored}, not the single clean pass; use method dhf for it")
         return clean
-
-    def run_features(self, images, save_indices, layers, consume) -> None:
-        self.extractor.one_step(images, layers=tuple(layers), consume=consume)
 
 
 class DHFSD21(DHF):
@@ -307,11 +313,11 @@ class _PrunedBase(_DHFBase):
         self.slot = self.choose_slot()
         self.block = self.layers[self.slot.layer]
 
-    def _raw_map(self, images):
+    def _raw_map_plan(self, finish) -> InversionPlan:
+        """The slot's raw map; ``finish(map)`` makes the method's output of it."""
         found = {}
-        self.run_features(images, (self.slot.save_index,), (self.block,),
-                          lambda s, l, feat: found.__setitem__("map", feat))
-        return found["map"]
+        return InversionPlan((self.slot.save_index,), (self.block,), lambda s, l, feat: found.__setitem__("map", feat),
+                             lambda: finish(found["map"]))
 
     def run_info(self) -> dict[str, Any]:
         info = {"sd_model": str(self.config["model"]), **self._checkpoint_info()}
@@ -330,8 +336,8 @@ class SDLayerPruned(_PrunedBase):
     # a raw map has up to 1,280 channels (21 MB per image in float32): cached as float16 like the SD raw rows
     cache_dtype = "float16"
 
-    def extract(self, images):
-        return self._raw_map(images)
+    def inversion_plan(self, images) -> InversionPlan:
+        return self._raw_map_plan(lambda raw: raw)
 
 
 class DHFPruned(_PrunedBase):
@@ -407,9 +413,9 @@ class DHFPruned(_PrunedBase):
                                f"{self.config['model']} gives {channels[0]} at {self.slot.module}")
         self.bottleneck = ckpt.build().to(self.device).eval().bottleneck_layers[0]
 
-    def extract(self, images):
+    def inversion_plan(self, images) -> InversionPlan:
         # the slot's softmax weight is a positive scalar: it cannot change a cosine match, so it is left out
-        return self.bottleneck(self._raw_map(images))
+        return self._raw_map_plan(self.bottleneck)
 
     def run_info(self) -> dict[str, Any]:
         if self.config["mode"] != "retrain":

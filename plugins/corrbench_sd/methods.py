@@ -20,6 +20,7 @@ from corrbench.errors import UsageError
 from .configs import SD15
 from .ddim import DDIMSchedule
 from .extractor import LAYERS, PAPER_SAVE_INDICES, SDFeatureExtractor
+from .shared import InversionPass, InversionPlan, inversion_pass, run_plans
 from .speed import check_runtime_config
 
 #: Every key shared by SD-based methods, with its default (``--set sd.<key>=value``).
@@ -102,6 +103,17 @@ class SDDescriptor(corrbench.Descriptor):
         self.extractor = make_extractor(self.config, self.device)
         self.extractor.components  # load now, so a missing model fails before the first batch
 
+    # one inversion serves every SD-based method of a run with the same settings (shared.py)
+    def shared_pass(self) -> InversionPass:
+        return inversion_pass(self.config, self.device)
+
+    def inversion_plan(self, images) -> InversionPlan:
+        """The maps this method keeps from the inversion of ``images`` and how it builds its output."""
+        raise NotImplementedError
+
+    def extract(self, images):
+        return run_plans(self.extractor, [self.inversion_plan(images)], images)[0]
+
     def weights_identity(self) -> str:
         from .loading import resolve_source, weights_identity
 
@@ -155,11 +167,10 @@ class SDLayer(_SingleTimestepMixin, SDDescriptor):
         self.block = parse_block(self.config["block"], f"{self.name}.block")
         self.index = self.timestep_index()
 
-    def extract(self, images):
+    def inversion_plan(self, images) -> InversionPlan:
         found = {}
-        self.extractor.invert(images, save_indices=(self.index,), layers=(self.block,),
-                              consume=lambda slot, pos, feat: found.__setitem__("map", feat))
-        return found["map"]
+        return InversionPlan((self.index,), (self.block,), lambda slot, pos, feat: found.__setitem__("map", feat),
+                             lambda: found["map"])
 
     def run_info(self) -> dict[str, Any]:
         return {**super().run_info(), "block": list(self.block), "timestep": int(self.config["timestep"]),
@@ -189,7 +200,7 @@ class SDConcatAll(_SingleTimestepMixin, SDDescriptor):
             raise UsageError(f"sd-concat-all.normalize must be true or false, got {self.config['normalize']!r}")
         self.normalize = normalize
 
-    def extract(self, images):
+    def inversion_plan(self, images) -> InversionPlan:
         import torch
         import torch.nn.functional as F
 
@@ -204,8 +215,7 @@ class SDConcatAll(_SingleTimestepMixin, SDDescriptor):
                 feat = F.normalize(feat, dim=1)
             out[:, offsets[position]:offsets[position] + channels[position]] = feat
 
-        ex.invert(images, save_indices=(self.index,), layers=LAYERS, consume=consume)
-        return out
+        return InversionPlan((self.index,), LAYERS, consume, lambda: out)
 
     def run_info(self) -> dict[str, Any]:
         return {**super().run_info(), "timestep": int(self.config["timestep"]), "step_index": self.index,
