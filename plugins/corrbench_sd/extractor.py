@@ -153,7 +153,7 @@ class SDFeatureExtractor:
         slot_of = {k: s for s, k in enumerate(indices)}
         steps = self.schedule.inversion_steps()
         steps = steps[: self.num_steps - min(indices)]  # up to the step of the smallest saved index
-        # a compiled UNet is traced once: no early-stop exception inside it, and one batch size
+        # a compiled UNet is traced once: no early-stop exception or consumer work inside it, one batch size
         eager = not is_compiled(self.unet)
         with torch.inference_mode(), capture.attached(self.unet):
             x = self.encode(images)
@@ -234,7 +234,9 @@ class SDFeatureExtractor:
         import torch
 
         grad_mode = None if torch.is_inference_mode_enabled() else torch.is_grad_enabled()
-        return Conv2Capture(layers, consume, self.output_resolution, grad_mode=grad_mode)
+        capture = Conv2Capture(layers, consume, self.output_resolution, grad_mode=grad_mode)
+        capture.drain_in_hook = not is_compiled(self.unet)  # eager: no map outlives its layer
+        return capture
 
     def _unet(self, x, step: Step, context, capture: Conv2Capture, *, stop: bool):
         """One UNet call at ``step.t`` (float32 ε out), then its recorded maps drained to the consumer.

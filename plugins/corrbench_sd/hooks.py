@@ -13,7 +13,8 @@ decisions and of the consumer's work is what lets ``torch.compile`` trace the UN
 hook that branched on the step's slot, left inference mode or ran the aggregation network made
 dynamo recompile for every slot value and fall back to eager at a graph break (measured on the tiny
 UNet: 31 graphs for a 4-step inversion; now 1, see tests/test_sd_compile.py). Recording costs only
-the lifetime of the 12 maps until the call returns (about 14 MB per 512 px image in fp16).
+the lifetime of the 12 maps until the call returns (about 14 MB per 512 px image in fp16), so on an
+eager UNet the hook drains its map at once (``drain_in_hook``), as the first design did.
 """
 
 from __future__ import annotations
@@ -73,6 +74,10 @@ class Conv2Capture:
         self.slot: int | None = None
         self.batch_slice: slice = slice(None)
         self.stop_after: int | None = None
+        # eager UNet: drain each map inside its hook, so no map outlives its layer (the last up block's
+        # maps would otherwise be held through its attention, the UNet's memory peak); a compiled UNet
+        # leaves this False and the extractor drains after the call
+        self.drain_in_hook = False
         # one dict for the capture's whole life, emptied in place: dynamo guards on the object it
         # mutates, and a fresh dict per call would be a new object each time
         self.records: dict[int, object] = {}
@@ -82,6 +87,8 @@ class Conv2Capture:
     def _hook(self, position: int):
         def hook(module, args, output):
             self.records[position] = output
+            if self.drain_in_hook:
+                self.drain()
             if self.stop_after == position:
                 raise StopForward
             return None
