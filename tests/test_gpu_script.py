@@ -162,3 +162,35 @@ def test_published_architectures_on_the_meta_device():
 def test_peak_table(name, dtype, expected):
     assert gt.peak_tflops(name, dtype) == expected
     assert gt.peak_tflops(name, dtype, override=123.0) == 123.0
+
+
+def _load_memory_probe():
+    spec = importlib.util.spec_from_file_location("corrbench_memory_probe", SCRIPT.parent / "memory_probe.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_cpu_peak_reader_against_known_allocations():
+    """The allocator-event peak equals the bytes a hand-written sequence of allocations holds at most."""
+    mp = _load_memory_probe()
+
+    def allocations():
+        a = torch.empty(1000, 1000)  # 4 MB
+        b = torch.empty(500, 1000)  # 2 MB: 6 MB live
+        del a  # 2 MB live
+        c = torch.empty(2000, 1000)  # 8 MB: 10 MB live, the peak
+        del b, c
+
+    assert mp.peak_bytes(allocations, "cpu") == 10_000_000
+
+
+def test_memory_probe_on_the_tiny_model_grows_with_the_batch(tmp_path):
+    mp = _load_memory_probe()
+    out = mp.main(["--tiny", "--batch-sizes", "1,3", "--json", str(tmp_path / "mem.json")])
+    rows = out["rows"]
+    assert [r["batch"] for r in rows] == [1, 3] and 0 < rows[0]["peak_mb"] < rows[1]["peak_mb"]
+    assert out["marginal_mb_per_image"] == pytest.approx((rows[1]["peak_mb"] - rows[0]["peak_mb"]) / 2)
+    assert json.loads((tmp_path / "mem.json").read_text())["official_stack_mb_per_image_fp16"] == pytest.approx(
+        11 * 10560 * 64 * 64 * 2 / 2**20)
