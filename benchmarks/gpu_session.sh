@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Issue 8's GPU measurements as one prepared run for a lent device machine (about 8 minutes on an H100).
+# Issue 8's GPU measurements as one prepared run for a lent device machine, sized to fit one
+# 10-minute device call (not yet timed on a GPU; the two stages are limited to 330 s and 240 s).
 #
 #   bash benchmarks/gpu_session.sh OUT_DIR
 #

@@ -52,7 +52,8 @@ class SDFeatureExtractor:
         channels_last: store the UNet's weights channels-last (faster convolutions on tensor cores).
         compile_backend: torch.compile backend (``inductor``; tests use ``eager`` to count graphs fast).
 
-    ``consume`` runs inside the UNet forward. When the caller is in ``torch.inference_mode`` it runs
+    ``consume`` runs inside the UNet forward, as each map is computed (eager UNet), or right after the
+    call (compiled UNet, see ``hooks``). When the caller is in ``torch.inference_mode`` it runs
     there too and gets inference tensors; otherwise it runs outside inference mode, in the caller's
     grad mode, on a fresh copy of the feature (so a trainer can feed it to modules that need autograd).
     """

@@ -13,8 +13,8 @@ decisions and of the consumer's work is what lets ``torch.compile`` trace the UN
 hook that branched on the step's slot, left inference mode or ran the aggregation network made
 dynamo recompile for every slot value and fall back to eager at a graph break (measured on the tiny
 UNet: 31 graphs for a 4-step inversion; now 1, see tests/test_sd_compile.py). Recording costs only
-the lifetime of the 12 maps until the call returns (about 14 MB per 512 px image in fp16), so on an
-eager UNet the hook drains its map at once (``drain_in_hook``), as the first design did.
+the lifetime of the 12 maps until the call returns (measured on SD-1.5 in float32: 22 MB per image
+more at batch 8, benchmarks/README.md), so on an eager UNet the hook drains its map at once (``drain_in_hook``), as the first design did.
 """
 
 from __future__ import annotations
