@@ -17,10 +17,11 @@ Plugin authors need only what is exported here::
 from .api import Dataset, Descriptor, FeatureGrid, Pair, PairConditionedDescriptor, Preprocess
 from .errors import CorrbenchError, DataError, MissingDataError, UsageError, WeightsError
 from .hookspecs import hookimpl
+from .options import Option
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "CorrbenchError", "DataError", "Dataset", "Descriptor", "FeatureGrid", "MissingDataError", "Pair",
+    "CorrbenchError", "DataError", "Dataset", "Descriptor", "FeatureGrid", "MissingDataError", "Option", "Pair",
     "PairConditionedDescriptor", "Preprocess", "UsageError", "WeightsError", "hookimpl", "__version__",
 ]

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Iterator
 import numpy as np
 
 from .errors import DataError, DescriptorOutputError, MissingDataError, UsageError
+from .options import Option, coerce_config, declare
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -115,7 +116,9 @@ class Descriptor:
     calls :meth:`describe` (a template method): it runs :meth:`setup` once, normalises the batch,
     calls :meth:`extract` without autograd and validates what comes back.
 
-    Config: ``default_config`` lists every key a user may override with ``--set <name>.<key>=value``;
+    Config: ``default_config`` lists every key a user may override with ``--set <name>.<key>=value``,
+    each value an :class:`~corrbench.options.Option` (type, doc, range or choices) or a plain default
+    (typed by the default); the class then has ``options`` and a plain ``default_config`` of defaults;
     keys shared by a family of methods (``sd.model``) are declared in ``config_namespaces`` (namespace
     → keys). A method that downloads weights should accept ``weights=random`` for offline tests.
     Keys that change only how fast the same features come out (``sd.compile``) go in
@@ -126,11 +129,17 @@ class Descriptor:
     description: ClassVar[str] = ""
     version: ClassVar[str] = "1"  # bump when the output of the same config changes (cache key)
     default_config: ClassVar[dict[str, Any]] = {}
+    #: key → Option, made from ``default_config`` when the class is defined
+    options: ClassVar[dict[str, Option]] = {}
     config_namespaces: ClassVar[dict[str, tuple[str, ...]]] = {}
     runtime_keys: ClassVar[tuple[str, ...]] = ()
     preprocess: ClassVar[Preprocess] = Preprocess()
     #: dtype in which features are cached and read back (float16 halves disk for big maps)
     cache_dtype: ClassVar[str] = "float32"
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        declare(cls)
 
     def __init__(self, config: dict[str, Any] | None = None, device: str = "cpu"):
         unknown = set(config or {}) - set(self.default_config)
@@ -139,7 +148,7 @@ class Descriptor:
                 f"method {self.name!r} has no config key(s) {', '.join(sorted(unknown))}; "
                 f"valid keys: {', '.join(sorted(self.default_config)) or '(none)'}"
             )
-        self.config: dict[str, Any] = {**self.default_config, **(config or {})}
+        self.config: dict[str, Any] = {**self.default_config, **coerce_config(self, config, self.name)}
         self.device = device
         self._ready = False
 
@@ -148,7 +157,13 @@ class Descriptor:
         """Load weights and build modules. Called once, before the first batch."""
 
     def extract(self, images: "torch.Tensor") -> "torch.Tensor":
-        """Map a B×3×H×W float batch (in [0, 1], or normalised by ``mean``/``std``) to B×C×h×w."""
+        """Map a B×3×H×W float batch (in [0, 1], or normalised by ``mean``/``std``) to B×C×h×w.
+
+        Contract: ``images`` is always a *contiguous* NCHW tensor (``images.is_contiguous()``), whatever
+        the caller passed to :meth:`describe`. Some CPU kernels (torch's float32 GroupNorm, for one)
+        lose most of their precision on channels-last inputs, so the core never hands one over; a
+        method that wants channels-last for speed converts on purpose, where it is known to be safe.
+        """
         raise NotImplementedError
 
     def feature_grid(self, load_hw: tuple[int, int], feat_hw: tuple[int, int]) -> FeatureGrid:
@@ -161,9 +176,45 @@ class Descriptor:
             return replace(self.preprocess, load_size=int(self.config["load_size"]))
         return self.preprocess
 
-    def weights_identity(self) -> str:
-        """A string that changes whenever the weights change (a file hash, a hub revision...)."""
-        return str(self.config.get("weights", ""))
+    #: True for a method with no learned or random weights at all (dense SIFT, raw colours): its
+    #: features are fixed by its code and config alone, so :meth:`weights_identity` is ``"none"``.
+    weight_free: ClassVar[bool] = False
+
+    def weights_identity(self) -> str | None:
+        """A string that changes whenever the weights change (a file hash, a hub revision...).
+
+        The feature cache is keyed by it, so it must cover the weights actually used. The default
+        digests the state dicts of :meth:`weight_modules` (after :meth:`setup`), so a re-seeded or
+        retrained ad-hoc ``nn.Module`` never reuses old features; ``"none"`` for a ``weight_free``
+        method; ``None`` when nothing is known, and the runner then recomputes instead of reusing.
+        Methods that load a file or a hub snapshot override this with that file's or snapshot's identity.
+        """
+        if self.weight_free:
+            return "none"
+        self.ensure_ready()
+        modules = self.weight_modules()
+        if not modules:
+            return None
+        from .hashing import state_dict_digest
+
+        return "state-dict:" + state_dict_digest(modules)
+
+    def weight_modules(self) -> "dict[str, torch.nn.Module]":
+        """The modules whose parameters and buffers determine the features (default: every
+        ``torch.nn.Module`` attribute of the descriptor, found after :meth:`setup`)."""
+        import torch
+
+        return {k: v for k, v in sorted(vars(self).items()) if isinstance(v, torch.nn.Module)}
+
+    @classmethod
+    def tiny_config(cls, workdir: Path) -> "dict[str, Any] | None":
+        """Overrides that make this method tiny and weightless (random weights, small inputs), for tests.
+
+        Like timm's weightless conformance tests: the conformance suite and the CI lane run every
+        method that returns a dict here. ``workdir`` is a folder the method may build tiny models in
+        (reuse what is already there). ``None`` (the default): the method offers no tiny configuration.
+        """
+        return None
 
     def run_info(self) -> dict[str, Any]:
         """Extra facts recorded in results.json (e.g. the checkpoint's stored config)."""
@@ -180,7 +231,10 @@ class Descriptor:
         return None
 
     def extract_raw(self, images: "torch.Tensor") -> "torch.Tensor":
-        """Raw intermediate features for ``corrbench extract --raw`` (methods that have such a notion)."""
+        """Raw intermediate features for ``corrbench extract --raw`` (methods that have such a notion).
+
+        Called through :meth:`describe_raw`, with the same contiguous NCHW contract as :meth:`extract`.
+        """
         from .errors import UsageError as _UsageError
 
         raise _UsageError(f"method {self.name!r} has no raw feature export (--raw)")
@@ -198,11 +252,22 @@ class Descriptor:
         if images.ndim != 4 or images.shape[1] != 3:
             raise DescriptorOutputError(f"{self.name}: input must be B×3×H×W, got {tuple(images.shape)}")
         self.ensure_ready()
-        images = self._normalise(images)
+        images = self._normalise(images).contiguous()
         with torch.inference_mode():
             out = self.extract(images)
         self._validate(out, images.shape[0])
         return out
+
+    def describe_raw(self, images: "torch.Tensor") -> "torch.Tensor":
+        """:meth:`extract_raw` on a batch that is normalised and contiguous, as :meth:`describe` hands it."""
+        import torch
+
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise DescriptorOutputError(f"{self.name}: input must be B×3×H×W, got {tuple(images.shape)}")
+        self.ensure_ready()
+        images = self._normalise(images).contiguous()
+        with torch.inference_mode():
+            return self.extract_raw(images)
 
     def _normalise(self, images: "torch.Tensor") -> "torch.Tensor":
         import torch
@@ -256,7 +321,7 @@ def describe_together(descriptors: "list[Descriptor]", images: "torch.Tensor") -
         raise DescriptorOutputError(f"{descriptors[0].name}: input must be B×3×H×W, got {tuple(images.shape)}")
     for d in descriptors:
         d.ensure_ready()
-    images = descriptors[0]._normalise(images)
+    images = descriptors[0]._normalise(images).contiguous()
     with torch.inference_mode():
         outs = shared.run(list(descriptors), images)
     if len(outs) != len(descriptors):
@@ -357,12 +422,19 @@ class Dataset:
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
     version: ClassVar[str] = "1"
+
     splits: ClassVar[tuple[str, ...]] = ("test",)
     default_split: ClassVar[str] = "test"
     default_config: ClassVar[dict[str, Any]] = {}
+    #: key → Option, made from ``default_config`` when the class is defined (see :class:`Descriptor`)
+    options: ClassVar[dict[str, Option]] = {}
     root_dirname: ClassVar[str] = ""
     difficulty_flags: ClassVar[tuple[str, ...]] = ()
     how_to_get: ClassVar[str] = ""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        declare(cls)
 
     def __init__(self, root: str | os.PathLike | None = None, split: str | None = None,
                  config: dict[str, Any] | None = None, skip_invalid: bool = False):
@@ -372,7 +444,7 @@ class Dataset:
                 f"dataset {self.name!r} has no config key(s) {', '.join(sorted(unknown))}; "
                 f"valid keys: {', '.join(sorted(self.default_config)) or '(none)'}"
             )
-        self.config: dict[str, Any] = {**self.default_config, **(config or {})}
+        self.config: dict[str, Any] = {**self.default_config, **coerce_config(self, config, self.name)}
         self.split = split or self.default_split
         if self.split not in self.available_splits():
             raise UsageError(f"dataset {self.name!r} has no split {self.split!r}; "

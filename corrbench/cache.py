@@ -26,6 +26,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save
 
+from .fsmode import current_umask
+
 FORMAT_VERSION = "1"
 
 
@@ -43,6 +45,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as fh:
+            os.chmod(tmp, 0o666 & ~current_umask())  # not mkstemp's 0600: a shared cache must stay readable
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())

@@ -75,7 +75,9 @@ def run(methods, dataset, split, data_root, limit, device, batch_size, out_dir, 
 @cli.command("list")
 @click.argument("kind", type=click.Choice(["methods", "datasets", "all"]), default="all")
 @click.argument("pattern", required=False)
-def list_(kind: str, pattern: str | None) -> None:
+@click.option("--options", "show_options", is_flag=True,
+              help="Also list each one's config keys (--set NAME.KEY=VALUE): type, default, doc, choices or range.")
+def list_(kind: str, pattern: str | None, show_options: bool) -> None:
     """List registered methods and datasets (PATTERN: shell wildcard, e.g. 'sd-*')."""
     from .plugins import get_host
 
@@ -89,8 +91,64 @@ def list_(kind: str, pattern: str | None) -> None:
         for e in entries:
             alias = f" (aliases: {', '.join(e.aliases)})" if e.aliases else ""
             click.echo(f"  {e.name.ljust(width)}  {e.description}{alias}  [{e.plugin}]")
+            if show_options:
+                for line in _options_lines(e, indent="      "):
+                    click.echo(line)
         if not entries:
             click.echo("  (none)")
+
+
+def _options_lines(entry, indent: str) -> list[str]:
+    """A registered class's config keys (``key  type  default  doc  [constraints]``) and namespaces."""
+    from .options import options_of
+
+    try:
+        cls = entry.load()
+    except Exception as exc:  # a plugin whose backend is not installed still lists the others
+        return [f"{indent}(options unavailable: {exc})"]
+    options = options_of(cls)
+    if not options:
+        return [f"{indent}(no options)"]
+    rows = [(key, opt.type, opt.default_text(), opt.doc, opt.constraint()) for key, opt in options.items()]
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    lines = []
+    for key, type_, default, doc, constraint in rows:
+        text = f"{indent}{key.ljust(widths[0])}  {type_.ljust(widths[1])}  {default.ljust(widths[2])}  {doc}"
+        lines.append((text + (f"  [{constraint}]" if constraint else "")).rstrip())
+    for ns, keys in (getattr(cls, "config_namespaces", None) or {}).items():
+        lines.append(f"{indent}namespace {ns}: --set {ns}.KEY reaches {', '.join(keys)}")
+    return lines
+
+
+@cli.command()
+@click.argument("name")
+def info(name: str) -> None:
+    """Describe one method or dataset: description, plugin, aliases and config keys (with --set)."""
+    from .plugins import get_host
+
+    host = get_host()
+    found = [(kind, registry.entry(name)) for kind, registry in (("method", host.methods), ("dataset", host.datasets))
+             if name in registry]
+    if not found:
+        known = sorted(set(host.methods.names()) | set(host.datasets.names()))
+        raise UsageError(f"unknown method or dataset {name!r}; known: {', '.join(known) or '(none registered)'}")
+    for n, (kind, entry) in enumerate(found):
+        if n:
+            click.echo("")
+        click.echo(f"{entry.name}: {kind} from plugin {entry.plugin}")
+        if entry.description:
+            click.echo(f"  {entry.description}")
+        if entry.aliases:
+            click.echo(f"  aliases: {', '.join(entry.aliases)}")
+        if kind == "dataset":
+            try:
+                cls = entry.load()
+                click.echo(f"  splits: {', '.join(cls.splits)} (default {cls.default_split})")
+            except Exception:  # shown by the options below
+                pass
+        click.echo(f"  options (--set {entry.name}.KEY=VALUE):")
+        for line in _options_lines(entry, indent="    "):
+            click.echo(line)
 
 
 @cli.command()
@@ -176,25 +234,41 @@ def _one_line_warning(message, category, filename, lineno, file=None, line=None)
     print(f"warning: {message}", file=file or sys.stderr)
 
 
-def main(argv: list[str] | None = None) -> None:
-    debug = "--debug" in (argv if argv is not None else sys.argv[1:])
+def invoke(command: click.Command, argv: list[str] | None = None, prog: str = "corrbench") -> int:
+    """Run a click command and return the exit status the shell must see.
+
+    Click runs with ``standalone_mode=False`` so that corrbench's own errors print as one line; in
+    that mode click *returns* a command's ``ctx.exit(n)`` status instead of exiting, so it is
+    returned here rather than dropped (a failed ``compare`` once exited 0 that way). Statuses:
+    0 success, 1 a failed check or a data/weights problem, 2 a usage error, 130 interrupted.
+    """
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args
     if not debug:
         import warnings
 
         warnings.showwarning = _one_line_warning
     try:
-        build_cli().main(args=argv, prog_name="corrbench", standalone_mode=False)
+        rc = command.main(args=args, prog_name=prog, standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
-        sys.exit(130)
+        return 130
     except click.ClickException as exc:
         exc.show()
-        sys.exit(exc.exit_code)
+        return exc.exit_code
     except CorrbenchError as exc:
         if debug:
             raise
         click.echo(f"error: {exc}", err=True)
-        sys.exit(exc.exit_code)
+        return exc.exit_code
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)
-        sys.exit(130)
+        return 130
+    return rc if isinstance(rc, int) else 0
+
+
+def main(argv: list[str] | None = None) -> None:
+    """The ``corrbench`` console script: every command's status reaches the shell."""
+    sys.exit(invoke(build_cli(), argv))

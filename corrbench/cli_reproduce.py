@@ -124,16 +124,7 @@ def regress(ctx, update, baseline, tolerance, out_dir, data_root) -> None:
 
 
 def standalone(command: click.Command, argv: list[str] | None = None, prog: str = "corrbench") -> None:
-    """Run one command outside the corrbench group, with the core CLI's one-line error handling."""
-    args = sys.argv[1:] if argv is None else argv
-    try:
-        rc = command.main(args=args, prog_name=prog, standalone_mode=False)
-    except click.exceptions.Exit as exc:
-        sys.exit(exc.exit_code)
-    except click.ClickException as exc:
-        exc.show()
-        sys.exit(exc.exit_code)
-    except CorrbenchError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(exc.exit_code)
-    sys.exit(rc or 0)
+    """Run one command outside the corrbench group, with the core CLI's error handling and exit statuses."""
+    from .cli import invoke
+
+    sys.exit(invoke(command, argv, prog))

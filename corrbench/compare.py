@@ -8,7 +8,9 @@ side of a comparison may be
 - a folder of run folders (``corrbench reproduce`` writes one per dataset): their cells are merged;
 - a baseline JSON file in the ``corrbench-baseline/1`` format (``benchmarks/baselines/*.json``):
   ``{"format": ..., "datasets": {name: {"split": ...}}, "rows": [{"method": m, "metrics":
-  {dataset: {metric: value}}}]}``.
+  {dataset: {metric: value}}}]}``; or ``corrbench-baseline/2``, the same plus optional per-keypoint
+  records in a row's ``"keypoints"`` (written by the CI lane, :mod:`corrbench.regress`; this module
+  reads only the cells of either version).
 
 A cell *drops* when ``results − baseline < −tolerance`` (PCK points). Cells present in the baseline but
 not in the results are *missing*, and fail the comparison too: a method that silently disappeared must
@@ -28,7 +30,9 @@ import pandas as pd
 
 from .errors import CorrbenchError, UsageError
 
-BASELINE_FORMAT = "corrbench-baseline/1"
+#: the format written now; /2 adds optional per-keypoint records to /1 (see regress.py), cells are unchanged
+BASELINE_FORMAT = "corrbench-baseline/2"
+READABLE_FORMATS = ("corrbench-baseline/1", BASELINE_FORMAT)
 DEFAULT_TOLERANCE = 1.0
 
 CellKey = tuple[str, str, str]  # (method, dataset, metric)
@@ -99,9 +103,10 @@ def _cells_from_json_file(path: Path) -> Cells:
 
 
 def cells_from_baseline(obj: Any, source: str = "baseline") -> Cells:
-    """Cells of a parsed ``corrbench-baseline/1`` object; every problem names ``source``."""
-    if not isinstance(obj, dict) or obj.get("format") != BASELINE_FORMAT:
-        raise CorrbenchError(f"{source}: not a corrbench baseline file (expected \"format\": \"{BASELINE_FORMAT}\")")
+    """Cells of a parsed ``corrbench-baseline/1`` or ``/2`` object; every problem names ``source``."""
+    if not isinstance(obj, dict) or obj.get("format") not in READABLE_FORMATS:
+        raise CorrbenchError(f"{source}: not a corrbench baseline file (expected \"format\": "
+                             f"{' or '.join(repr(f) for f in READABLE_FORMATS)})")
     rows = obj.get("rows")
     if not isinstance(rows, list):
         raise CorrbenchError(f"{source}: \"rows\" must be a list")
@@ -149,6 +154,7 @@ class Comparison:
     allow_missing: bool
     table: pd.DataFrame  # one row per cell
     notes: list[str]
+    per_cell: bool = False  # tolerances differ per cell (the table's "tolerance" column)
 
     @property
     def failures(self) -> pd.DataFrame:
@@ -169,8 +175,9 @@ class Comparison:
         compared = c[STATUS_OK] + c[STATUS_DROP] + c[STATUS_RISE]
         rule = "changes" if self.two_sided else "drops"
         verdict = "PASS" if self.ok else "FAIL"
+        limit = "their tolerance" if self.per_cell else f"{self.tolerance:g} PCK points"
         return (f"{verdict}: {compared} cells compared, {c[STATUS_DROP]} dropped and {c[STATUS_RISE]} rose by more "
-                f"than {self.tolerance:g} PCK points ({rule} fail), {c[STATUS_MISSING]} missing from the results"
+                f"than {limit} ({rule} fail), {c[STATUS_MISSING]} missing from the results"
                 f"{' (allowed)' if self.allow_missing else ''}, {c[STATUS_NEW]} not in the baseline")
 
     def render(self, fmt: str = "md", show: str = "all") -> str:
@@ -179,8 +186,9 @@ class Comparison:
             return table.to_csv(index=False, float_format="%.4f")
         if fmt == "md":
             shown = table.copy()
-            for col in ("baseline", "results", "delta"):
-                shown[col] = [_fmt_value(v, signed=(col == "delta")) for v in shown[col]]
+            for col in ("baseline", "results", "delta", "tolerance"):
+                if col in shown:
+                    shown[col] = [_fmt_value(v, signed=(col == "delta")) for v in shown[col]]
             body = shown.to_markdown(index=False, disable_numparse=True) if not shown.empty else "(no cells differ)"
             return body + "\n"
         raise UsageError(f"unknown format {fmt!r}; use md or csv")
@@ -203,7 +211,9 @@ def select_metrics(keys: Iterable[CellKey], patterns: Sequence[str] | None) -> s
 
 def compare_cells(baseline: Cells, results: Cells, tolerance: float = DEFAULT_TOLERANCE,
                   metrics: Sequence[str] | None = None, methods: Sequence[str] | None = None,
-                  two_sided: bool = False, allow_missing: bool = False) -> Comparison:
+                  two_sided: bool = False, allow_missing: bool = False,
+                  tolerances: dict[CellKey, float] | None = None) -> Comparison:
+    """Compare cell by cell; ``tolerances`` overrides ``tolerance`` for the cells it names (a column of the table)."""
     if tolerance < 0 or not math.isfinite(tolerance):
         raise UsageError(f"--tolerance must be a non-negative number of PCK points, got {tolerance}")
     keys = select_metrics(set(baseline.values) | set(results.values), metrics)
@@ -215,6 +225,7 @@ def compare_cells(baseline: Cells, results: Cells, tolerance: float = DEFAULT_TO
     rows = []
     for key in sorted(keys):
         b, r = baseline.values.get(key), results.values.get(key)
+        tol = tolerances.get(key, tolerance) if tolerances else tolerance
         if b is None:
             status, delta = STATUS_NEW, None
         elif r is None:
@@ -222,16 +233,19 @@ def compare_cells(baseline: Cells, results: Cells, tolerance: float = DEFAULT_TO
         else:
             delta = r - b
             # a tiny epsilon so that a difference of exactly the tolerance (after float noise) passes
-            status = STATUS_DROP if delta < -tolerance - 1e-9 else STATUS_RISE if delta > tolerance + 1e-9 else STATUS_OK
+            status = STATUS_DROP if delta < -tol - 1e-9 else STATUS_RISE if delta > tol + 1e-9 else STATUS_OK
         rows.append({"method": key[0], "dataset": key[1], "metric": key[2], "baseline": b, "results": r,
-                     "delta": delta, "status": status})
-    table = pd.DataFrame(rows, columns=["method", "dataset", "metric", "baseline", "results", "delta", "status"])
+                     "delta": delta, "tolerance": tol, "status": status})
+    columns = ["method", "dataset", "metric", "baseline", "results", "delta", "tolerance", "status"]
+    if not tolerances:
+        columns.remove("tolerance")
+    table = pd.DataFrame(rows, columns=columns)
     notes = []
     for dataset in sorted({k[1] for k in keys}):
         bs, rs = baseline.splits.get(dataset), results.splits.get(dataset)
         if bs and rs and bs != rs:
             notes.append(f"dataset {dataset}: the baseline was measured on split {bs!r}, the results on {rs!r}")
-    return Comparison(baseline, results, tolerance, two_sided, allow_missing, table, notes)
+    return Comparison(baseline, results, tolerance, two_sided, allow_missing, table, notes, per_cell=bool(tolerances))
 
 
 def compare_paths(baseline: str | Path, results: str | Path, **kwargs: Any) -> Comparison:

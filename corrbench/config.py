@@ -3,7 +3,9 @@
 NAME is a method (or alias), the dataset, or a shared namespace that a family of methods declares in
 ``Descriptor.config_namespaces`` (``sd.model`` reaches every SD-based method). A method's own setting
 wins over a namespace setting whatever their order. Unknown names and keys are errors that list the
-valid ones, so a typo can never silently run the default.
+valid ones, so a typo can never silently run the default. Each value is converted and checked by
+the target's :class:`~corrbench.options.Option` here, before any work, so ``--set dsift.stride=abc``
+fails at once with one line saying what is expected.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import json
 from typing import Any, Iterable, Mapping
 
 from .errors import UsageError
+from .options import options_of
 
 
 def parse_value(text: str) -> Any:
@@ -79,18 +82,18 @@ def resolve_overrides(
             if key not in valid:
                 raise UsageError(f"--set {full_key}: method {target!r} has no key {key!r}; "
                                  f"valid keys: {', '.join(sorted(valid)) or '(none)'}")
-            method_cfg[target][key] = value
+            method_cfg[target][key] = _coerce(methods[target], full_key, key, value)
             specific[target].add(key)
             # a method named like its family's namespace (dinov2 / dinov2-b) also sets the family's key
             for m in namespaces.get(name, []):
                 if m != target and key in methods[m].config_namespaces[name] and key not in specific[m]:
-                    method_cfg[m][key] = value
+                    method_cfg[m][key] = _coerce(methods[m], full_key, key, value)
         elif dataset is not None and name == dataset[0]:
             valid = dataset[1].default_config
             if key not in valid:
                 raise UsageError(f"--set {full_key}: dataset {name!r} has no key {key!r}; "
                                  f"valid keys: {', '.join(sorted(valid)) or '(none)'}")
-            dataset_cfg[key] = value
+            dataset_cfg[key] = _coerce(dataset[1], full_key, key, value)
         elif name in namespaces:
             members = namespaces[name]
             valid_keys = sorted({k for m in members for k in methods[m].config_namespaces[name]})
@@ -99,9 +102,15 @@ def resolve_overrides(
                                  f"valid keys: {', '.join(valid_keys)}")
             for m in members:
                 if key in methods[m].config_namespaces[name] and key not in specific[m]:
-                    method_cfg[m][key] = value
+                    method_cfg[m][key] = _coerce(methods[m], full_key, key, value)
         else:
             known = sorted(set(methods) | set(namespaces) | ({dataset[0]} if dataset else set()))
             raise UsageError(f"--set {full_key}: {name!r} is not a method, dataset or shared namespace of this run; "
                              f"names you can set: {', '.join(known)}")
     return method_cfg, dataset_cfg
+
+
+def _coerce(cls: Any, full_key: str, key: str, value: Any) -> Any:
+    """``value`` converted by ``cls``'s option for ``key`` (a UsageError naming ``--set full_key`` if it does not fit)."""
+    option = options_of(cls).get(key)
+    return value if option is None else option.coerce(f"--set {full_key}", value)

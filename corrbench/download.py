@@ -32,6 +32,7 @@ from typing import Callable
 
 from .hashing import sha256_file  # noqa: F401  (re-exported: plugins import it from here)
 from .errors import DataError
+from .fsmode import apply_umask
 
 CHUNK = 1 << 20
 USER_AGENT = "corrbench-downloader"
@@ -289,6 +290,7 @@ def install_archive(archive: str | os.PathLike, target: str | os.PathLike, *, in
         if inner and not src.is_dir():
             found = ", ".join(sorted(p.name for p in tmp.iterdir())) or "nothing"
             raise DataError(f"{archive}: expected a top-level folder {inner!r}, found {found}")
+        apply_umask(src, directory=True)  # not mkdtemp's 0700: a shared data folder must stay readable
         os.rename(src, target)
     finally:
         if tmp.exists():

@@ -6,14 +6,14 @@ import json
 from pathlib import Path
 from typing import Any, Sequence
 
-import numpy as np
 import torch
 from safetensors.torch import save
 
 from .cache import atomic_write_bytes
 from .config import parse_overrides, resolve_overrides
 from .errors import DataError, UsageError
-from .images import load_rgb, to_input
+from .fsmode import check_writable_dir
+from .images import load_rgb, to_batch
 from .distributed import DistContext, init_from_env
 from .plugins import get_host
 
@@ -54,6 +54,9 @@ def _extract(ctx: DistContext, method: str, images: Sequence[Path], out_file: Pa
     cls = entry.load()
     aliases = {a: e.name for e in host.methods.entries() for a in e.aliases}
     cfgs, _ = resolve_overrides(parse_overrides(overrides), {entry.name: cls}, None, aliases)
+    if Path(out_file).is_dir():
+        raise UsageError(f"--out {out_file} is a folder; give the name of the .safetensors file to write")
+    check_writable_dir(Path(out_file).parent, f"--out {out_file}: folder")  # before any extraction, not after it
     descriptor = cls(config=cfgs[entry.name], device=device)
     prep = descriptor.preprocessing()
     paths = gather_images(images)
@@ -65,11 +68,9 @@ def _extract(ctx: DistContext, method: str, images: Sequence[Path], out_file: Pa
     for group in groups.values():
         for i in range(0, len(group), batch_size):
             chunk = group[i:i + batch_size]
-            batch = torch.from_numpy(np.stack([to_input(img, prep) for _, img in chunk])).to(device)
+            batch = to_batch([img for _, img in chunk], prep).to(device)
             if raw:
-                descriptor.ensure_ready()
-                with torch.inference_mode():
-                    out = descriptor.extract_raw(batch)
+                out = descriptor.describe_raw(batch)
             else:
                 out = descriptor.describe(batch)
             for (p, _), t in zip(chunk, out):

@@ -71,10 +71,19 @@ def load_rgb(path: Path) -> Image.Image:
 
 
 def to_input(image: Image.Image, prep: Preprocess) -> np.ndarray:
-    """Resize per ``prep`` and return a 3×H×W float32 array in [0, 1]."""
+    """Resize per ``prep`` and return a C-contiguous 3×H×W float32 array in [0, 1]."""
     H, W = prep.load_hw(image.size)
     resized = image.resize((W, H), _RESAMPLE[prep.resample]) if (W, H) != image.size else image
-    return np.asarray(resized, dtype=np.float32).transpose(2, 0, 1) / 255.0
+    # the transpose alone is a channels-last view; stacking such views keeps channels-last strides,
+    # which some CPU kernels (GroupNorm in float32) handle with far worse precision
+    return np.ascontiguousarray(np.asarray(resized, dtype=np.float32).transpose(2, 0, 1) / 255.0)
+
+
+def to_batch(images: "list[Image.Image]", prep: Preprocess):
+    """Images of one load size → a contiguous NCHW float32 tensor in [0, 1] (what descriptors receive)."""
+    import torch
+
+    return torch.from_numpy(np.stack([to_input(im, prep) for im in images])).contiguous()
 
 
 def to_load(points: np.ndarray, size_wh: tuple[int, int], load_hw: tuple[int, int]) -> np.ndarray:

@@ -112,10 +112,18 @@ def sample_points(fmap: torch.Tensor, grid: FeatureGrid, load_hw: tuple[int, int
 def nn_transfer(source_map: torch.Tensor, target_map: torch.Tensor,
                 source_grid: FeatureGrid, target_grid: FeatureGrid,
                 source_load_hw: tuple[int, int], target_load_hw: tuple[int, int],
-                source_points: torch.Tensor, target_norm: torch.Tensor | None = None) -> torch.Tensor:
+                source_points: torch.Tensor, target_norm: torch.Tensor | None = None,
+                return_margin: bool = False):
     """Predicted target points (N×2 float64, x then y, integer pixels of the target load frame).
 
     ``target_norm`` (from :func:`target_norms`) may be passed in when one target serves many pairs.
+
+    With ``return_margin`` the result is ``(points, margins)``: the same points and an N×2 float64
+    tensor of cosine-similarity gaps (see :func:`match_margins`), column 0 the *local* margin (best
+    minus second best over all target pixels) and column 1 the *far* margin (best minus the best pixel
+    more than one pixel away from the argmax, in x or y). They tell how much the similarities would have
+    to move to change the match: a far margin ``m`` means no perturbation of the cosines below ``m / 2``
+    can move the prediction by more than one pixel; a local margin ``m`` means it cannot move at all.
     """
     C, h, w = target_map.shape
     if source_map.shape[0] != C:
@@ -132,7 +140,40 @@ def nn_transfer(source_map: torch.Tensor, target_map: torch.Tensor,
     # |s| is a positive constant per row: it cannot move the argmax, so only the target norm matters
     cos = dots / target_norm.clamp_min(1e-12)
     idx = cos.reshape(cos.shape[0], -1).argmax(dim=1)
-    return torch.stack([idx % Wt, idx // Wt], dim=1).to(torch.float64)
+    points = torch.stack([idx % Wt, idx // Wt], dim=1).to(torch.float64)
+    if not return_margin:
+        return points
+    # divide by |s| only now (the argmax above is computed exactly as without margins)
+    return points, match_margins(cos / s.norm(dim=1).clamp_min(1e-12)[:, None, None], idx)
+
+
+def match_margins(cos: torch.Tensor, idx: torch.Tensor | None = None) -> torch.Tensor:
+    """Per row of an N×H×W similarity map: N×2 float64 ``[local, far]`` margins of its argmax.
+
+    ``local`` = best − second best over all pixels (0 for a tie, e.g. identical border pixels of a
+    clamped upsampling); ``far`` = best − best over the pixels farther than one pixel from the argmax
+    (Chebyshev distance > 1), i.e. a competitor that would move the match by more than a pixel.
+    A margin is ``inf`` when there is no such competitor (a map of one pixel, or of at most 3×3).
+    """
+    n, H, W = cos.shape
+    flat = cos.reshape(n, -1).double()
+    if idx is None:
+        idx = flat.argmax(dim=1)
+    best = flat.gather(1, idx[:, None])[:, 0]
+    inf = torch.full_like(best, float("inf"))
+    if n == 0:
+        return torch.zeros(0, 2, dtype=torch.float64)
+    if H * W < 2:
+        return torch.stack([inf, inf], dim=1)
+    masked = flat.clone()
+    masked.scatter_(1, idx[:, None], float("-inf"))
+    local = best - masked.max(dim=1).values
+    y, x = idx // W, idx % W
+    near = (((torch.arange(H)[None, :, None] - y[:, None, None]).abs() <= 1)
+            & ((torch.arange(W)[None, None, :] - x[:, None, None]).abs() <= 1))
+    far_best = flat.masked_fill(near.reshape(n, -1), float("-inf")).max(dim=1).values
+    far = torch.where(torch.isinf(far_best), inf, best - far_best)
+    return torch.stack([local, far], dim=1)
 
 
 # ----------------------------------------------------------------------------------------------

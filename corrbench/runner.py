@@ -7,7 +7,6 @@ in the content-addressed cache (:mod:`corrbench.cache`), so a rerun only reads t
 from __future__ import annotations
 
 import datetime as _dt
-import functools
 import hashlib
 import io
 import json
@@ -32,14 +31,16 @@ from tqdm.auto import tqdm
 
 from . import __version__
 from .api import Dataset, Descriptor, FeatureGrid, Pair, PairConditionedDescriptor, describe_together
-from .cache import FeatureCache, atomic_write_bytes
+from .cache import FeatureCache, atomic_write_bytes, config_hash
 from .config import parse_overrides, resolve_overrides
 from .distributed import DistContext, init_from_env
-from .errors import DataError, UsageError
-from .images import ImageRecord, inspect_image, load_rgb, to_input, to_load, to_original
+from .errors import CorrbenchError, DataError, UsageError
+from .fsmode import check_writable_dir
+from .images import ImageRecord, inspect_image, load_rgb, to_batch, to_load, to_original
 from .metrics import ALPHAS, correct, pck_table
 from .plugins import get_host
-from .readout import READOUT_VERSION, nn_transfer, target_norms
+from .identity import method_identity, plugin_code_identity, readout_identity
+from .readout import nn_transfer, target_norms
 from .results import SUMMARY_COLUMNS, headline_table, render, write_csv, write_json, write_jsonl
 
 
@@ -79,6 +80,9 @@ class _FeatureStore:
     def __init__(self, descriptor: Descriptor, cache: FeatureCache, device: str, lru: int = 32):
         self.descriptor = descriptor
         self.cache = cache
+        # predictions also depend on the readout; they live under the method's cache folder, whose
+        # name already covers the method, its weights, code and preprocessing
+        self.readout_key = config_hash(readout_identity(descriptor))
         self.device = device
         self._lru: OrderedDict[str, tuple[torch.Tensor, FeatureGrid, tuple[int, int]]] = OrderedDict()
         self._norms: OrderedDict[str, torch.Tensor] = OrderedDict()
@@ -120,7 +124,7 @@ class _FeatureStore:
 
     # Predictions are cached too (hloc's "work already done is skipped"): a warm rerun then only scores.
     def _prediction_path(self, src: ImageRecord, tgt: ImageRecord, points_load: torch.Tensor) -> Path:
-        key = hashlib.sha256(f"{READOUT_VERSION}|{src.sha256}|{tgt.sha256}|".encode()
+        key = hashlib.sha256(f"{self.readout_key}|{src.sha256}|{tgt.sha256}|".encode()
                              + points_load.double().numpy().tobytes()).hexdigest()
         return self.cache.dir / "predictions" / key[:2] / f"{key}.npy"
 
@@ -169,7 +173,7 @@ def fill_together(stores: Sequence[_FeatureStore], images: Sequence[ImageRecord]
     for load_hw, recs in by_shape.items():
         for i in range(0, len(recs), batch_size):
             chunk = recs[i:i + batch_size]
-            batch = torch.from_numpy(np.stack([to_input(load_rgb(r.path), prep) for r in chunk])).to(stores[0].device)
+            batch = to_batch([load_rgb(r.path) for r in chunk], prep).to(stores[0].device)
             outs = [descriptors[0].describe(batch)] if len(stores) == 1 else describe_together(descriptors, batch)
             for store, feats in zip(stores, outs):
                 store.put_batch(chunk, load_hw, feats)
@@ -192,35 +196,6 @@ def shared_groups(descriptors: dict[str, Descriptor]) -> list[list[str]]:
             key = (shared, json.dumps(descriptor.preprocessing().as_dict(), sort_keys=True, default=str))
             groups.setdefault(key, []).append(name)
     return [names for names in groups.values() if len(names) > 1]
-
-
-@functools.lru_cache(maxsize=None)
-def _distributions_by_package() -> dict[str, list[str]]:
-    return metadata.packages_distributions()  # scans every installed distribution: once per process
-
-
-def _plugin_version(cls: type) -> str:
-    top = cls.__module__.split(".")[0]
-    try:
-        for dist in _distributions_by_package().get(top, []):
-            return metadata.version(dist)
-    except Exception:  # metadata lookups never decide whether a run works
-        pass
-    return "unknown"
-
-
-def method_identity(descriptor: Descriptor) -> dict[str, Any]:
-    """What the cached features of ``descriptor`` depend on (its runtime keys excluded)."""
-    runtime = set(descriptor.runtime_keys)
-    return {
-        "method": descriptor.name,
-        "config": {k: v for k, v in descriptor.config.items() if k not in runtime},
-        "method_version": descriptor.version,
-        "plugin_version": _plugin_version(type(descriptor)),
-        "weights": descriptor.weights_identity(),
-        "preprocess": descriptor.preprocessing().as_dict(),
-        "cache_dtype": descriptor.cache_dtype,
-    }
 
 
 def _git_hash() -> str | None:
@@ -302,6 +277,13 @@ def _reference_lengths(pair: Pair, target_size: tuple[int, int]) -> tuple[float,
     return float(max(r - l, b - t)), l_img
 
 
+def _margin_list(margins: torch.Tensor | None, column: int) -> list[float | None] | None:
+    """One column of nn_transfer's margins as JSON: None for the whole list when unknown, per value when infinite."""
+    if margins is None:
+        return None
+    return [float(v) if np.isfinite(v) else None for v in margins[:, column].tolist()]
+
+
 def evaluate_method(store: _FeatureStore, pairs: Sequence[Pair], records: dict[Path, ImageRecord],
                     flags: Sequence[str], progress: bool) -> tuple[pd.DataFrame, list[dict[str, Any]], float]:
     descriptor = store.descriptor
@@ -316,6 +298,7 @@ def evaluate_method(store: _FeatureStore, pairs: Sequence[Pair], records: dict[P
         s_hw, t_hw = prep.load_hw(src_rec.size), prep.load_hw(tgt_rec.size)
         src_load = torch.from_numpy(to_load(pair.source_points, src_rec.size, s_hw))
         pred_load = store.cached_prediction(src_rec, tgt_rec, src_load)
+        margins = None  # per-keypoint [local, far] similarity margins (nn readout, not cached)
         if pred_load is None:
             s_map, s_grid, s_hw = store.get(src_rec)
             t_map, t_grid, t_hw = store.get(tgt_rec)
@@ -323,8 +306,8 @@ def evaluate_method(store: _FeatureStore, pairs: Sequence[Pair], records: dict[P
                 with torch.inference_mode():
                     pred_load = descriptor.transfer(s_map, t_map, s_grid, t_grid, s_hw, t_hw, src_load)
             else:
-                pred_load = nn_transfer(s_map, t_map, s_grid, t_grid, s_hw, t_hw, src_load,
-                                        target_norm=store.target_norm(tgt_rec))
+                pred_load, margins = nn_transfer(s_map, t_map, s_grid, t_grid, s_hw, t_hw, src_load,
+                                                 target_norm=store.target_norm(tgt_rec), return_margin=True)
             store.keep_prediction(src_rec, tgt_rec, src_load, pred_load)
         pred = to_original(pred_load.cpu().numpy(), tgt_rec.size, t_hw)
         dist = np.linalg.norm(pred - pair.target_points, axis=1)
@@ -341,7 +324,12 @@ def evaluate_method(store: _FeatureStore, pairs: Sequence[Pair], records: dict[P
                       "source": str(pair.source), "target": str(pair.target),
                       "source_points": pair.source_points.tolist(), "target_points": pair.target_points.tolist(),
                       "predicted_points": pred.tolist(), "distances": dist.tolist(),
-                      "L_bbox": l_bbox, "L_img": l_img})
+                      "L_bbox": l_bbox, "L_img": l_img,
+                      # for checks that must tell a near-tie from a real change (corrbench/regress.py):
+                      # load-frame distances, and how far (original px) a one-pixel move of a prediction goes
+                      "load_distances": dist_load.tolist(), "L_load": float(max(t_hw)),
+                      "pixel_step": float(np.hypot(tgt_rec.size[0] / t_hw[1], tgt_rec.size[1] / t_hw[0])),
+                      "margins": _margin_list(margins, 1), "local_margins": _margin_list(margins, 0)})
     seconds = time.perf_counter() - t0
     return pd.DataFrame(rows), preds, seconds
 
@@ -380,6 +368,13 @@ def run_benchmark(methods: str | Sequence[str], dataset: str, split: str | None 
         raise UsageError(f"--limit must be at least 1, got {limit}")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise UsageError(f"--device {device}: CUDA is not available on this machine")
+    # where results and features go is checked before any expensive work, not after it
+    if out_dir is not None:
+        check_writable_dir(Path(out_dir), "--out")
+    if not no_cache and cache_dir is not None:
+        check_writable_dir(Path(cache_dir), "--cache-dir")
+    elif not no_cache:  # $CORRBENCH_CACHE or the user cache: the machine's problem, not the command line's
+        check_writable_dir(default_cache_dir(), "feature cache", CorrbenchError)
 
     ctx, device = init_from_env(device)
     try:
@@ -426,8 +421,19 @@ def _run(ctx: DistContext, host, method_classes, method_cfgs, ds_entry, ds_cls, 
     try:
         descriptors: dict[str, Descriptor] = {name: cls(config=method_cfgs[name], device=device)
                                               for name, cls in method_classes.items()}
-        stores = {name: _FeatureStore(d, FeatureCache(cache_root, name, method_identity(d)), device)
-                  for name, d in descriptors.items()}
+        stores = {}
+        for name, d in descriptors.items():
+            identity = method_identity(d)
+            root = cache_root
+            if identity["weights"] is None:
+                # nothing says which weights made these features: never serve them to a later run
+                if not tmp_cache:
+                    tmp_cache = tempfile.mkdtemp(prefix="corrbench-unkeyed-")
+                root = Path(tmp_cache)
+                if echo:
+                    echo(f"{name}: no weights identity (the method declares no weight modules or "
+                         "weights_identity()); its features are recomputed, not cached")
+            stores[name] = _FeatureStore(d, FeatureCache(root, name, identity), device)
         used = sorted({records[x] for pair in pairs for x in (pair.source, pair.target)}, key=lambda r: r.sha256)
         # methods sharing a pass (one SD inversion for every SD-1.5 row) are extracted together first
         costs: dict[str, dict[str, Any]] = {}
@@ -484,7 +490,7 @@ def _run(ctx: DistContext, host, method_classes, method_cfgs, ds_entry, ds_cls, 
         }
         results_methods[mr.name] = {
             "plugin": host.methods.entry(mr.name).plugin,
-            "plugin_version": _plugin_version(type(mr.descriptor)),
+            "plugin_version": plugin_code_identity(type(mr.descriptor)),
             "method_version": mr.descriptor.version,
             "config": mr.descriptor.config,
             "config_hash": mr.config_hash,
@@ -497,7 +503,9 @@ def _run(ctx: DistContext, host, method_classes, method_cfgs, ds_entry, ds_cls, 
             "n_pairs": len(pairs),
             "n_keypoints": int(len(mr.keypoints)),
             "cost": mr.cost,
-            "cache": None if no_cache else mr.cache_dir,
+            "cache": None if no_cache or mr.weights is None else mr.cache_dir,
+            # the full feature-cache key, so a reader can tell exactly what a cached number depended on
+            "cache_key": {**stores[mr.name].cache.identity, "readout": readout_identity(mr.descriptor)},
         }
     summary = pd.concat(summary_rows, ignore_index=True)
     breakdown = pd.concat(breakdown_rows, ignore_index=True)
@@ -524,10 +532,14 @@ def _run(ctx: DistContext, host, method_classes, method_cfgs, ds_entry, ds_cls, 
     }
     out = Path(out_dir) if out_dir else None
     if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-        write_jsonl(out / "predictions.jsonl", (p for mr in method_results for p in mr.predictions))
-        write_csv(out / "summary.csv", summary)
-        write_csv(out / "breakdown.csv", breakdown)
-        atomic_write_bytes(out / "summary.md", render(table, "md").encode())
-        write_json(out / "results.json", results)  # last: its presence marks a complete run
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            write_jsonl(out / "predictions.jsonl", (p for mr in method_results for p in mr.predictions))
+            write_csv(out / "summary.csv", summary)
+            write_csv(out / "breakdown.csv", breakdown)
+            atomic_write_bytes(out / "summary.md", render(table, "md").encode())
+            write_json(out / "results.json", results)  # last: its presence marks a complete run
+        except OSError as exc:  # disk full, folder removed or made read-only during the run
+            raise CorrbenchError(f"could not write the results to {out}: {exc.strerror or exc}"
+                                 + (f" ({exc.filename})" if exc.filename else "")) from exc
     return RunResult(out, summary, breakdown, results, table)

@@ -247,9 +247,9 @@ def test_custom_pair_list_and_bad_config(cub_copy, tmp_path):
     assert len(list(ds.pairs())) == 2
     assert ds.protocol()["pair_list"] == str(custom)
     assert not (cub_copy / ".corrbench").exists()  # no generated list when a list is given
-    with pytest.raises(UsageError, match=r"cub.crop='square' is not a crop mode; valid: 'none'"):
+    with pytest.raises(UsageError, match=r"cub.crop='square': expected one of 'none', 'bbox'"):
         CUBDataset(root=cub_copy, config={"crop": "square"})
-    with pytest.raises(UsageError, match="cub.num_pairs must be a positive integer"):
+    with pytest.raises(UsageError, match="cub.num_pairs=0: expected an integer ≥ 1"):
         CUBDataset(root=cub_copy, config={"num_pairs": 0})
     with pytest.raises(UsageError, match="has no config key"):
         CUBDataset(root=cub_copy, config={"nope": 1})

@@ -110,7 +110,28 @@ def test_bad_runtime_values_fail_when_the_method_is_made(cls):
 
 @pytest.mark.parametrize("cls", [SDLayer4, DHF])
 def test_runtime_keys_leave_the_cache_key_alone(cls):
-    plain = method_identity(cls(OFFLINE[cls]))
-    fast = method_identity(cls({**OFFLINE[cls], "compile": True, "channels_last": "true"}))
+    # made for a CUDA device (channels_last is refused on a CPU); nothing is loaded, so no GPU is needed
+    plain = method_identity(cls(OFFLINE[cls], device="cuda"))
+    fast = method_identity(cls({**OFFLINE[cls], "compile": True, "channels_last": "true"}, device="cuda"))
     assert plain == fast
+    assert method_identity(cls(OFFLINE[cls])) == plain  # the device is not part of the key either
     assert method_identity(cls({**OFFLINE[cls], "seed": 1})) != plain  # a key that changes features does
+
+
+@pytest.mark.parametrize("cls", [SDLayer4, DHF])
+@pytest.mark.parametrize("device", ["cpu", "cpu:0"])
+def test_channels_last_is_refused_on_cpu_when_the_method_is_made(cls, device):
+    with pytest.raises(UsageError, match=r"sd.channels_last=true is refused on CPU: torch's CPU GroupNorm") as info:
+        cls({**OFFLINE[cls], "channels_last": "true"}, device=device)
+    assert "\n" not in str(info.value)  # one clear line
+    cls({**OFFLINE[cls], "channels_last": "false"}, device=device)  # off is fine
+
+
+def test_the_extractor_refuses_channels_last_on_cpu_before_loading(monkeypatch):
+    def no_load(*args, **kwargs):  # pragma: no cover - reached only if the refusal came too late
+        raise AssertionError("components were loaded")
+
+    monkeypatch.setattr(loading, "get_components", no_load)
+    with pytest.raises(UsageError, match="refused on CPU"):
+        SDFeatureExtractor("unused/model", device="cpu", channels_last=True)
+    SDFeatureExtractor("unused/model", device="cuda", channels_last=True)  # made, not loaded: no GPU needed

@@ -7,6 +7,7 @@ own plain forward hooks, so they share no code with the extractor beyond the lib
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 
@@ -103,9 +104,17 @@ def ref_latents(vae, images, *, seed=None):
     mean, std = torch.cat([d.mean for d in dists]), torch.cat([d.std for d in dists])
     if seed is None:
         return mean * 0.18215
-    noise = torch.stack([torch.randn(mean.shape[1:], generator=torch.Generator().manual_seed(seed))
-                         for _ in range(images.shape[0])])
+    noise = torch.stack([ref_noise(image, seed, mean.shape[1:]) for image in images])
     return (mean + std * noise) * 0.18215
+
+
+def ref_noise(image, seed, shape):
+    """The documented posterior draw of one image (extractor.posterior_seed), recomputed here."""
+    data = image.detach().to("cpu", torch.float32).contiguous().numpy().astype("<f4").tobytes()
+    H, W = image.shape[-2:]
+    digest = hashlib.sha256(f"{seed}:{H}x{W}:".encode("ascii") + data).digest()
+    generator_seed = int.from_bytes(digest[:8], "little") & (2 ** 63 - 1)
+    return torch.randn(shape, generator=torch.Generator("cpu").manual_seed(generator_seed), dtype=torch.float32)
 
 
 def resize(feat, r=64):
@@ -332,6 +341,43 @@ def test_latent_draw_is_seeded_and_batch_independent(tiny, images):
     torch.testing.assert_close(feats(sample, images), pair)
     assert not torch.allclose(feats(extractor(tiny, latent="sample", seed=1), images), pair, atol=1e-4)
     assert not torch.allclose(feats(extractor(tiny, latent="mode"), images), pair, atol=1e-4)
+
+
+def test_posterior_noise_depends_on_seed_and_image_not_on_batch(tiny, images):
+    """Each image's draw comes from (seed, image content): source and target never share their noise."""
+    a, b = images[0], images[1]
+
+    def noise(ex, batch):
+        """The standard-normal draw ε of each image, recovered from z = (mean + std · ε) · scale."""
+        with torch.inference_mode():
+            z = ex.encode(batch) / ex.components.scaling_factor
+            x = F.interpolate(batch * 2 - 1, size=(SIZE, SIZE), mode="bilinear", align_corners=False)
+            dists = [ex.components.vae.encode(x[i:i + 1]).latent_dist for i in range(len(batch))]
+            mean, std = torch.cat([d.mean for d in dists]), torch.cat([d.std for d in dists])
+        return (z - mean) / std
+
+    ex = extractor(tiny, latent="sample", seed=0)
+    ab = noise(ex, torch.stack([a, b]))
+    shape = ab.shape[1:]
+    # the documented rule, recomputed independently (hashlib + a CPU generator)
+    torch.testing.assert_close(ab[0], ref_noise(a, 0, shape), rtol=1e-3, atol=1e-3)
+    torch.testing.assert_close(ab[1], ref_noise(b, 0, shape), rtol=1e-3, atol=1e-3)
+    assert (ab[0] - ab[1]).abs().mean() > 0.5  # two images, two independent draws
+    # the same image gets the same draw whatever batch it is in and wherever it sits
+    ba = noise(ex, torch.stack([b, a]))
+    torch.testing.assert_close(ba[0], ab[1], rtol=1e-3, atol=1e-3)
+    torch.testing.assert_close(ba[1], ab[0], rtol=1e-3, atol=1e-3)
+    torch.testing.assert_close(noise(ex, b[None])[0], ab[1], rtol=1e-3, atol=1e-3)
+    aa = noise(ex, torch.stack([a, a]))
+    torch.testing.assert_close(aa[0], aa[1], rtol=1e-3, atol=1e-3)
+    # another seed, another draw
+    other = noise(extractor(tiny, latent="sample", seed=1), torch.stack([a, b]))
+    assert (other - ab).abs().mean() > 0.5
+    torch.testing.assert_close(other[0], ref_noise(a, 1, shape), rtol=1e-3, atol=1e-3)
+    # a one-value change of the image content changes its draw
+    a2 = a.clone()
+    a2[0, 0, 0] = 1.0 - a2[0, 0, 0]
+    assert (noise(ex, a2[None])[0] - ab[0]).abs().mean() > 0.5
 
 
 def test_consume_outside_inference_mode_can_train(tiny, images):

@@ -90,7 +90,7 @@ def test_sd_layer_any_block_and_timestep(tiny, images):
     torch.testing.assert_close(out, expected, rtol=0, atol=0)
     with pytest.raises(UsageError, match="timestep 61 is not a UNet timestep"):
         SDLayer(config=cfg(tiny, timestep=61))
-    with pytest.raises(UsageError, match="not an \\(up_block, resnet\\) pair"):
+    with pytest.raises(UsageError, match=r"sd-layer.block='top': expected an \(up_block, resnet\) pair"):
         SDLayer(config=cfg(tiny, block="top"))
     with pytest.raises(UsageError, match=r"\(5, 0\) does not exist"):
         SDLayer(config=cfg(tiny, block=[5, 0])).describe(images)

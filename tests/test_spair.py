@@ -222,7 +222,7 @@ def test_dataset_standard_split_config_and_protocol(spair_fx):
     assert SPairDataset(root=spair_fx.root, config={"categories": ["bus"]}).categories == ("bus",)
     with pytest.raises(UsageError, match=r"unknown category 'kitten'; known: aeroplane"):
         SPairDataset(root=spair_fx.root, config={"categories": "cat,kitten"})
-    with pytest.raises(UsageError, match="spair.layout must be"):
+    with pytest.raises(UsageError, match="spair.layout='medium': expected one of 'large', 'small'"):
         SPairDataset(root=spair_fx.root, config={"layout": "medium"})
     with pytest.raises(UsageError, match="has no split 'tst'"):
         SPairDataset(root=spair_fx.root, split="tst")

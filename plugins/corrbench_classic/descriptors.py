@@ -7,6 +7,10 @@ import torch.nn.functional as F
 
 import corrbench
 from corrbench.api import FeatureGrid, Preprocess
+from corrbench.options import Option
+
+#: the square load size every classic method takes
+LOAD_SIZE = Option(224, int, "square load size in pixels (the image is resized to it)", min=1)
 
 
 def conv_grid(in_size: int, out_size: int, stride: int, padding: int) -> tuple[float, float]:
@@ -15,11 +19,30 @@ def conv_grid(in_size: int, out_size: int, stride: int, padding: int) -> tuple[f
     return float(stride), -padding + (patch - 1) / 2
 
 
-class DenseSIFT(corrbench.Descriptor):
+def _odd(value: int) -> int:
+    if value % 2 == 0:
+        raise ValueError("an odd integer ≥ 1")
+    return value
+
+
+class _Classic(corrbench.Descriptor):
+    """The classic descriptors are already small: their tiny configuration only shrinks the input."""
+
+    @classmethod
+    def tiny_config(cls, workdir):
+        return {"load_size": 64}
+
+
+class DenseSIFT(_Classic):
     """Dense SIFT through kornia's DenseSIFTDescriptor on the grey image (RootSIFT, 4×4 spatial bins)."""
 
     name = "dsift"
-    default_config = {"load_size": 224, "bin_size": 4, "stride": 2}
+    weight_free = True
+    default_config = {
+        "load_size": LOAD_SIZE,
+        "bin_size": Option(4, int, "side of one of the 4×4 spatial bins in pixels; the window is 4 × bin_size", min=1),
+        "stride": Option(2, int, "sampling step between descriptors in pixels", min=1),
+    }
     preprocess = Preprocess(load_size=224, resize="square", resample="bilinear")
 
     def setup(self) -> None:
@@ -38,11 +61,17 @@ class DenseSIFT(corrbench.Descriptor):
         return FeatureGrid(sx, sy, ox, oy)
 
 
-class ColourPatch(corrbench.Descriptor):
+class ColourPatch(_Classic):
     """The raw RGB values of a k×k patch centred on each pixel (zero-padded at the border)."""
 
     name = "colour-patch"
-    default_config = {"load_size": 224, "patch": 7, "stride": 2}
+    weight_free = True
+    default_config = {
+        "load_size": LOAD_SIZE,
+        "patch": Option(7, int, "side of the square patch in pixels, odd, centred on the pixel", min=1,
+                        check=_odd),
+        "stride": Option(2, int, "sampling step between patches in pixels", min=1),
+    }
     preprocess = Preprocess(load_size=224, resize="square", resample="bilinear")
 
     def extract(self, images):
@@ -59,11 +88,15 @@ class ColourPatch(corrbench.Descriptor):
         return FeatureGrid(s, s, 0.0, 0.0)  # cell (i, j) is centred on pixel (i·s, j·s)
 
 
-class RandomConv(corrbench.Descriptor):
+class RandomConv(_Classic):
     """A randomly initialised conv3×3-ReLU-conv3×3 network (seeded): the floor for learned features."""
 
     name = "random-conv"
-    default_config = {"load_size": 224, "channels": 64, "seed": 0}
+    default_config = {
+        "load_size": LOAD_SIZE,
+        "channels": Option(64, int, "output channels of both convolutions", min=1),
+        "seed": Option(0, int, "seed of the random weights", min=0),
+    }
     preprocess = Preprocess(load_size=224, resize="square", resample="bilinear")
 
     def setup(self) -> None:

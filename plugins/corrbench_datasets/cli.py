@@ -17,20 +17,20 @@ from corrbench.errors import DataError, UsageError
 
 
 def _parse_sets(name: str, items: tuple[str, ...]) -> dict[str, Any]:
-    """``key=value`` or ``<name>.key=value`` → config dict (values parsed as JSON when possible)."""
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise UsageError(f"--set expects KEY=VALUE, got {item!r}")
-        key = key.strip()
-        if key.startswith(f"{name}."):
-            key = key[len(name) + 1:]
-        try:
-            out[key] = json.loads(value)
-        except ValueError:
-            out[key] = value
-    return out
+    """``key=value`` or ``<name>.key=value`` → the dataset's config, parsed and checked as ``run --set`` does."""
+    from corrbench.config import parse_overrides, resolve_overrides
+    from corrbench.plugins import get_host
+
+    entry = get_host().datasets.entry(name)
+    # a bare key is the dataset's (keys have no dots; a dotted one names its target, as with `run --set`)
+    qualified = [item if "." in item.partition("=")[0] or "=" not in item else f"{entry.name}.{item.strip()}"
+                 for item in items]
+    overrides = {}
+    for key, value in parse_overrides(qualified).items():
+        prefix, _, sub = key.rpartition(".")
+        overrides[f"{entry.name}.{sub}" if prefix == name else key] = value  # an alias → the dataset's name
+    _, config = resolve_overrides(overrides, {}, (entry.name, entry.load()))
+    return config
 
 
 def _dataset(name: str, root: Path | None, split: str | None = None, config: dict[str, Any] | None = None):

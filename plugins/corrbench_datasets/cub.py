@@ -37,6 +37,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from corrbench.api import Dataset, Pair
+from corrbench.options import Option
 from corrbench.errors import DataError, MissingDataError, UsageError
 
 CUB_URL = "https://data.caltech.edu/records/65de6-vp158/files/CUB_200_2011.tgz"
@@ -596,7 +597,13 @@ class CUBDataset(Dataset):
     version = "1"
     splits = ("test", "train")
     default_split = "test"
-    default_config = {"pairs": None, "num_pairs": 360, "seed": 0, "crop": "none"}
+    default_config = {
+        "pairs": Option(None, "path", "your own pair list (DHF JSON schema) instead of the generated one"),
+        "num_pairs": Option(360, int, "pairs in the generated list", min=1),
+        "seed": Option(0, int, "seed of the generated list", min=0),
+        "crop": Option("none", str, "none = uncropped images, the protocol default; bbox = the box padded 5 %, "
+                       "squared, edge-padded and resized to 256", choices=CROP_MODES),
+    }
     root_dirname = "CUB_200_2011"
     difficulty_flags = ()
     url = CUB_URL

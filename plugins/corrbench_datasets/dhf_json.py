@@ -19,6 +19,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Callable, Iterator, Sequence
 
 from corrbench.api import Dataset, Pair
+from corrbench.options import Option
 from corrbench.errors import DataError, UsageError
 
 from . import _fields as F
@@ -106,7 +107,10 @@ class DhfJsonDataset(Dataset):
     description = "pairs from a DHF-schema JSON list (--set dhf-json.pairs=FILE --data-root IMAGES)"
     splits = ("all",)
     default_split = "all"
-    default_config = {"pairs": None, "categories": None}
+    default_config = {
+        "pairs": Option(None, "path", "the JSON pair list (required); image paths are relative to --data-root"),
+        "categories": Option(None, list, "only pairs of these categories; null = all", item=str),
+    }
     root_dirname = "dhf-json"
     how_to_get = ("Give the list with --set dhf-json.pairs=FILE and the folder its paths are relative to "
                   "with --data-root IMAGES (default: the list's folder).")

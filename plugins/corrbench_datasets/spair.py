@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 from corrbench.api import Dataset, Pair
+from corrbench.options import Option
 from corrbench.errors import DataError, MissingDataError, UsageError
 
 from . import _fields as F
@@ -184,7 +185,11 @@ class SPairDataset(Dataset):
     version = "1"
     splits = ("trn", "val", "test", "dhf-test-360", "dhf-val-360")
     default_split = "test"
-    default_config = {"categories": None, "layout": "large", "pairs": None}
+    default_config = {
+        "categories": Option(None, list, "only these categories, e.g. cat,dog; null = all", item=str),
+        "layout": Option("large", str, "which SPair layout lists the pairs", choices=("large", "small")),
+        "pairs": Option(None, "path", "a DHF pair-list file for the dhf-* splits, instead of the looked-up one"),
+    }
     root_dirname = "SPair-71k"
     difficulty_flags = ("viewpoint_variation", "scale_variation", "truncation", "occlusion")
     url = SPAIR_URL

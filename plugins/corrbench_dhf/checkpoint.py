@@ -20,6 +20,7 @@ import torch
 
 from corrbench.errors import WeightsError
 from corrbench.hashing import sha256_file_memo
+from corrbench.torchfile import load_weights_only
 
 from .network import DEFAULT_NORM_GROUPS, AggregationNetwork
 
@@ -139,17 +140,17 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
         raise WeightsError(f"aggregation-network weights {path} do not exist")
     if path.suffix == ".safetensors":
         return _load_safetensors(path)
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # pickle errors, truncated files, disallowed globals
-        raise WeightsError(f"{path} could not be read as a torch checkpoint with weights_only=True: "
-                           f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from exc
+    obj = load_weights_only(path)  # a truncated, foreign or code-carrying file: one WeightsError naming it
     if not isinstance(obj, dict):
         raise WeightsError(f"{path} holds a {type(obj).__name__}, not a checkpoint dict")
     if "aggregation_network" in obj:
         state = obj["aggregation_network"]
+        if not isinstance(state, dict):
+            raise WeightsError(f"{path}: 'aggregation_network' is a {type(state).__name__}, not a state dict")
+        if not isinstance(obj.get("config") or {}, dict):
+            raise WeightsError(f"{path}: 'config' is a {type(obj['config']).__name__}, not a dict")
         config = obj.get("config") or {}
-        extra = obj.get("corrbench") or {}
+        extra = obj.get("corrbench") if isinstance(obj.get("corrbench"), dict) else {}
         ckpt = Checkpoint(path, dict(state), dict(config), _as_int(obj.get("step")), obj.get("optimizer_state_dict"),
                           dict(extra))
     elif "mixing_weights" in obj:  # a bare state dict
@@ -157,9 +158,9 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
     else:
         raise WeightsError(f"{path} has keys {sorted(map(str, obj))[:8]}; expected the official checkpoint dict "
                            f"with {', '.join(OFFICIAL_KEYS)} (or a bare aggregation-network state dict)")
-    bad = [k for k, v in ckpt.state_dict.items() if not isinstance(v, torch.Tensor)]
+    bad = [k for k, v in ckpt.state_dict.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
     if bad:
-        raise WeightsError(f"{path}: state dict entries {bad[:5]} are not tensors")
+        raise WeightsError(f"{path}: state dict entries {bad[:5]} are not named tensors")
     ckpt.sha256 = sha256_file_memo(path)
     infer_architecture(ckpt.state_dict, str(path))  # fail early on a foreign file
     return ckpt

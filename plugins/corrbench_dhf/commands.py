@@ -138,7 +138,7 @@ def _train_dhf(ctx, device, dataset, split, data_root, steps, pairs_per_step, lr
                save_indices, slot, slot_weights, seed, projection_dim, norm_groups, skip_invalid, wandb_project,
                sets, quiet) -> None:
     from corrbench.plugins import get_host
-    from corrbench_sd.methods import SD_SHARED_DEFAULTS, make_extractor
+    from corrbench_sd.methods import SD_SHARED_DEFAULTS, SD_SHARED_OPTIONS, make_extractor
 
     from .slots import LAYERS, PAPER_SAVE_INDICES
     from .train import SDFeatureSource, TrainSettings, train
@@ -157,6 +157,7 @@ def _train_dhf(ctx, device, dataset, split, data_root, steps, pairs_per_step, lr
         unknown = set(sd_sets) - set(SD_SHARED_DEFAULTS)
         if unknown:
             raise UsageError(f"--set sd.{sorted(unknown)[0]}: valid sd keys: {', '.join(sorted(SD_SHARED_DEFAULTS))}")
+        sd_sets = {k: SD_SHARED_OPTIONS[k].coerce(f"--set sd.{k}", v) for k, v in sd_sets.items()}
         sd_cfg = {**SD_SHARED_DEFAULTS, **sd_sets}
         sd_cfg["model"] = MODEL_SHORTCUTS.get(model, model) if "model" not in sd_sets else sd_sets["model"]
         extractor = make_extractor(sd_cfg, device)

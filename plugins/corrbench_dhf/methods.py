@@ -16,6 +16,7 @@ from typing import Any, Sequence
 
 import corrbench
 from corrbench.errors import UsageError, WeightsError
+from corrbench.options import Option
 
 from corrbench_sd.configs import SD21
 from corrbench_sd.methods import SD_RUNTIME_KEYS
@@ -30,14 +31,15 @@ from .slots import LAYERS, PAPER_SAVE_INDICES, SlotInfo, slot_info
 _SD_EXCLUDED = ("weights", "raw_indices")
 
 
-def _sd_shared() -> tuple[dict[str, Any], tuple[str, ...]]:
-    from corrbench_sd.methods import SD_SHARED_DEFAULTS
+def _sd_shared() -> tuple[dict[str, Option], tuple[str, ...]]:
+    from corrbench_sd.methods import SD_SHARED_OPTIONS
 
-    defaults = {k: v for k, v in SD_SHARED_DEFAULTS.items() if k not in _SD_EXCLUDED}
-    return defaults, tuple(defaults)
+    options = {k: v for k, v in SD_SHARED_OPTIONS.items() if k not in _SD_EXCLUDED}
+    return options, tuple(options)
 
 
-SD_DEFAULTS, SD_KEYS = _sd_shared()
+SD_OPTIONS, SD_KEYS = _sd_shared()
+SD_DEFAULTS = {k: o.default for k, o in SD_OPTIONS.items()}
 DHF_KEYS = ("weights", "sd_weights")
 #: seed of the ``weights=random`` network (independent of the latent seed)
 RANDOM_NETWORK_SEED = 0
@@ -69,6 +71,15 @@ def parse_slot(value: Any, n_timesteps: int, n_layers: int, what: str) -> int | 
     return index
 
 
+def _slot_value(value: Any) -> Any:
+    """The form of ``slot`` (its range depends on the checkpoint and is checked at setup)."""
+    try:
+        parse_slot(value, 10 ** 6, 10 ** 6, "slot")
+    except UsageError:
+        raise ValueError("'argmax', [timestep_slot, layer] or a slot index ≥ 0") from None
+    return value
+
+
 def _sd_family(model: str) -> str | None:
     low = model.lower()
     return "SD-2.1" if "2-1" in low else "SD-1.5" if "v1-5" in low else None
@@ -90,11 +101,30 @@ class _DHFBase(corrbench.Descriptor):
     config_namespaces = {"sd": SD_KEYS, "dhf": DHF_KEYS}
     runtime_keys = SD_RUNTIME_KEYS
     preprocess = corrbench.Preprocess(load_size=224, resize="square", resample="bilinear")
-    default_config: dict[str, Any] = {**SD_DEFAULTS, "weights": "auto", "sd_weights": "pretrained"}
+    default_config: dict[str, Any] = {
+        **SD_OPTIONS,
+        "weights": Option("auto", "path", "aggregation network: auto (the released file), random, or a PATH"),
+        "sd_weights": Option("pretrained", str, "SD weights: pretrained, or random (architecture only, for tests)",
+                             choices=("pretrained", "random")),
+    }
+    # 2: the SD features changed (per-image posterior draws seeded by seed and image content, see
+    # corrbench_sd.extractor.posterior_seed; VAE input made contiguous NCHW)
+    version = "2"
 
     def __init__(self, config: dict[str, Any] | None = None, device: str = "cpu"):
         super().__init__(config, device)
-        check_runtime_config(self.config)
+        check_runtime_config(self.config, device)  # also refuses sd.channels_last=true on a CPU
+        self._sd_identity: str | None = None
+
+    #: whether the tiny configuration loads the tiny official-format checkpoint (else a random network)
+    tiny_uses_checkpoint = True
+
+    @classmethod
+    def tiny_config(cls, workdir):
+        from .tiny import tiny_dhf_config
+
+        return tiny_dhf_config(workdir, with_checkpoint=cls.tiny_uses_checkpoint)
+
     #: released file used by ``weights=auto`` (the pruned rows read the "Ours" network)
     released_file = dhf_weights.RELEASED_FILES["dhf"]
     #: saved step indices when the checkpoint does not state them
@@ -112,14 +142,23 @@ class _DHFBase(corrbench.Descriptor):
 
         return load_checkpoint(self.weights_path) if self.weights_path is not None else None
 
-    def weights_identity(self) -> str:
-        from corrbench_sd.loading import resolve_source, weights_identity
+    def sd_weights_identity(self) -> str:
+        """The SD weights' identity, resolved once after the weights are (a hub id: the loaded snapshot's
+        commit, loading the SD components first when they are not in the local cache), then memoised."""
+        if self._sd_identity is None:
+            from corrbench_sd.loading import resolve_source, weights_identity
 
-        sd = weights_identity(resolve_source(self.config["model"]), str(self.config["sd_weights"]))
+            self._sd_identity = weights_identity(resolve_source(self.config["model"]), str(self.config["sd_weights"]),
+                                                 load=lambda: self.make_extractor().components)
+        return self._sd_identity
+
+    def weights_identity(self) -> str:
+        # the local aggregation checkpoint first: a bad file is named before the (large) SD weights are looked for
         if self.weights_path is None:
             agg = f"random:seed{RANDOM_NETWORK_SEED}"
         else:
             agg = f"sha256:{self.checkpoint.sha256}"
+        sd = self.sd_weights_identity()
         return f"aggregation={agg}|sd={sd}"
 
     def save_indices(self) -> tuple[int, ...]:
@@ -256,6 +295,7 @@ class DHFOneStep(DHF):
     name = "dhf-one-step"
     description = "Ours-One-Step: SD-1.5, 12 layers of the clean pass (t=-1), aggregation network"
     released_file = dhf_weights.RELEASED_FILES["dhf-one-step"]
+    tiny_uses_checkpoint = False  # the tiny checkpoint has three slots; one-step needs a one-slot network
 
     def save_indices(self) -> tuple[int, ...]:
         clean = (int(self.config["num_steps"]) - 1,)
@@ -283,7 +323,11 @@ class DHFSD21(DHF):
 class _PrunedBase(_DHFBase):
     """One (timestep, layer) slot of the "Ours" network: chosen by mixing-weight argmax or by config."""
 
-    default_config: dict[str, Any] = {**_DHFBase.default_config, "slot": "argmax"}
+    default_config: dict[str, Any] = {
+        **_DHFBase.default_config,
+        "slot": Option("argmax", "json", "argmax (largest mixing weight), [timestep_slot, layer] or a slot index",
+                       check=_slot_value),
+    }
 
     def choose_slot(self) -> SlotInfo:
         import torch
@@ -350,7 +394,12 @@ class DHFPruned(_PrunedBase):
 
     name = "dhf-pruned"
     description = "Ours-Pruned: the largest-weight (timestep, layer) slot through its trained dhf bottleneck"
-    default_config: dict[str, Any] = {**_PrunedBase.default_config, "mode": "bottleneck", "retrained": ""}
+    default_config: dict[str, Any] = {
+        **_PrunedBase.default_config,
+        "mode": Option("bottleneck", str, "bottleneck = the Ours network's bottleneck; retrain = a single-slot "
+                       "network given by retrained", choices=("bottleneck", "retrain")),
+        "retrained": Option("", "path", "checkpoint of `corrbench train dhf --slot ...`, for mode=retrain"),
+    }
     MODES = ("bottleneck", "retrain")
 
     def __init__(self, config: dict[str, Any] | None = None, device: str = "cpu"):
@@ -380,10 +429,7 @@ class DHFPruned(_PrunedBase):
     def weights_identity(self) -> str:
         if self.config["mode"] != "retrain":
             return super().weights_identity()
-        from corrbench_sd.loading import resolve_source, weights_identity
-
-        sd = weights_identity(resolve_source(self.config["model"]), str(self.config["sd_weights"]))
-        return f"retrained=sha256:{self.retrained.sha256}|sd={sd}"
+        return f"retrained=sha256:{self.retrained.sha256}|sd={self.sd_weights_identity()}"
 
     def setup(self) -> None:
         if self.config["mode"] == "bottleneck":

@@ -88,7 +88,7 @@ def load_pair_images(pair: Pair, load_size: int) -> tuple[torch.Tensor, tuple[in
         img = load_rgb(path)
         sizes.append(img.size)
         arrays.append(to_input(img, prep))
-    return torch.from_numpy(np.stack(arrays)), sizes[0], sizes[1]
+    return torch.from_numpy(np.stack(arrays)).contiguous(), sizes[0], sizes[1]
 
 
 @lru_cache(maxsize=2)

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from corrbench.errors import UsageError, WeightsError
+from corrbench.torchfile import load_weights_only
 
 BLOCKS = {"resnet50": (3, 4, 6, 3), "resnet101": (3, 4, 23, 3)}
 STAGE_CHANNELS = (256, 512, 1024, 2048)
@@ -90,10 +91,13 @@ def build_resnet(backbone: str, weights: str) -> torch.nn.Module:
             path = Path(weights).expanduser()
             if not path.is_file():
                 raise WeightsError(f"backbone weights {str(path)!r}: no such file ({how_to_get(backbone)})")
-            try:
-                sd = torch.load(path, map_location="cpu", weights_only=True)
-            except Exception as exc:
-                raise WeightsError(f"{path} is not a readable PyTorch state dict: {type(exc).__name__}: {exc}") from exc
+            sd = load_weights_only(path)  # a truncated, foreign or code-carrying file: one WeightsError naming it
+            if isinstance(sd, dict) and isinstance(sd.get("state_dict"), dict):
+                sd = sd["state_dict"]
+            if not isinstance(sd, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                                   for k, v in sd.items()):
+                raise WeightsError(f"{path} does not hold a state dict of named tensors "
+                                   f"(a torchvision {backbone} state dict is needed)")
             expected = net.state_dict()
             missing = sorted(set(expected) - set(sd))
             unexpected = sorted(set(sd) - set(expected))

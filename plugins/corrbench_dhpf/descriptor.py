@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from corrbench.api import FeatureGrid, PairConditionedDescriptor, Preprocess
 from corrbench.errors import UsageError
 from corrbench.hashing import sha256_file_memo
+from corrbench.options import Option
 
 from . import backbone as bb
 from . import learner as ln
@@ -35,6 +36,13 @@ from .packing import pack, unpack
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 READOUTS = ("full", "nn")
+#: options HPF and DHPF share
+BACKBONE = Option("resnet101", str, "torchvision ResNet: resnet101 (34 candidate layers) or resnet50 (17)",
+                  choices=tuple(bb.BLOCKS))
+READOUT = Option("full", str, "full = RHM and the method's keypoint transfer; nn = the core nearest-neighbour "
+                 "readout on the hyperimages", choices=READOUTS)
+RHM = Option(True, bool, "Regularized Hough Matching on the appearance scores")
+NCELLS = Option(8192, int, "Hough-space bins", min=1)
 
 
 def _file_identity(spec: str) -> str:
@@ -116,15 +124,17 @@ class DHPFDescriptor(_Hyperpixels):
     description = "Dynamic Hyperpixel Flow: ResNet-101, 34 gated layers, RHM (authors' checkpoint from a local path)"
     version = "1"
     default_config: ClassVar[dict[str, Any]] = {
-        "weights": None,  # PATH to the authors' learner checkpoint (required) | random
-        "backbone": "resnet101",  # resnet101 (34 candidate layers) | resnet50 (17)
-        "backbone_weights": "auto",  # auto (= pretrained, or random when weights=random) | pretrained | random | PATH
-        "load_size": 240,  # DHPF's img_side: square input; the hyperimage is load_size/4 on a side
-        "selection": "gated",  # gated (pair-conditioned, the method) | all | list of layer ids
-        "readout": "full",  # full (RHM + DHPF transfer) | nn (harness NN readout on the hyperimages)
-        "rhm": True,
-        "mutual_nn": True,
-        "ncells": 8192,  # Hough-space bins
+        "weights": Option(None, "path", "PATH to the authors' learner checkpoint (required), or random"),
+        "backbone": BACKBONE,
+        "backbone_weights": Option("auto", "path", "auto (pretrained, or random when weights=random), pretrained, "
+                                   "random or a PATH"),
+        "load_size": Option(240, int, "side of the square input; the hyperimage is load_size/4 on a side",
+                            min=4, multiple_of=4),
+        "selection": Option("gated", "json", "gated (pair-conditioned, the method), all, or a list of layer ids"),
+        "readout": READOUT,
+        "rhm": RHM,
+        "mutual_nn": Option(True, bool, "mutual-nearest-neighbour re-weighting before the transfer"),
+        "ncells": NCELLS,
     }
     preprocess: ClassVar[Preprocess] = Preprocess(load_size=240, resize="square", resample="bilinear",
                                                   mean=IMAGENET_MEAN, std=IMAGENET_STD)
@@ -145,6 +155,10 @@ class DHPFDescriptor(_Hyperpixels):
     def preprocessing(self) -> Preprocess:
         return Preprocess(load_size=int(self.config["load_size"]), resize="square", resample="bilinear",
                           mean=IMAGENET_MEAN, std=IMAGENET_STD)
+
+    @classmethod
+    def tiny_config(cls, workdir):
+        return {"weights": "random", "backbone": "resnet50", "load_size": 64}
 
     def _backbone_weights(self) -> str:
         spec = str(self.config["backbone_weights"])
@@ -253,15 +267,17 @@ class HPFDescriptor(_Hyperpixels):
     score_exponent = 3
     score_eps = 0.0
     default_config: ClassVar[dict[str, Any]] = {
-        "weights": "pretrained",  # backbone: pretrained (torchvision ImageNet-V1) | random | PATH
-        "backbone": "resnet101",
-        "layers": "spair",  # spair | pfpascal (the published lists for the backbone) | list of ids
-        "load_size": 300,  # long side (HPF downsizes images whose long side exceeds 300)
-        "readout": "full",
-        "rhm": True,
-        "mutual_nn": False,
-        "prune": True,  # drop boxes sticking out of the image by more than one jump (HPF, except Caltech)
-        "ncells": 8192,
+        "weights": Option("pretrained", "path", "backbone weights: pretrained (torchvision ImageNet-V1), random "
+                          "or a PATH"),
+        "backbone": BACKBONE,
+        "layers": Option("spair", "json", "spair or pfpascal (the published lists for the backbone), or a list "
+                         "of layer ids"),
+        "load_size": Option(300, int, "long side in pixels (HPF downsizes images whose long side exceeds it)", min=1),
+        "readout": READOUT,
+        "rhm": RHM,
+        "mutual_nn": Option(False, bool, "mutual-nearest-neighbour re-weighting before the transfer"),
+        "prune": Option(True, bool, "drop boxes sticking out of the image by more than one jump"),
+        "ncells": NCELLS,
     }
     preprocess: ClassVar[Preprocess] = Preprocess(load_size=300, resize="long_side", resample="bilinear",
                                                   mean=IMAGENET_MEAN, std=IMAGENET_STD)
@@ -283,6 +299,10 @@ class HPFDescriptor(_Hyperpixels):
         w = str(self.config["weights"])
         return f"torchvision:{self.config['backbone']}:IMAGENET1K_V1" if w == "pretrained" else \
             "random" if w == "random" else _file_identity(w)
+
+    @classmethod
+    def tiny_config(cls, workdir):
+        return {"weights": "random", "backbone": "resnet50", "load_size": 64}
 
     def setup(self) -> None:
         self.net = bb.build_resnet(self.config["backbone"], str(self.config["weights"])).to(self.device)

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from corrbench.errors import WeightsError
+from corrbench.torchfile import load_weights_only
 
 #: where the authors' checkpoints are (Google Drive has no stable direct-download URL: users fetch them)
 DRIVE_FOLDER = "https://drive.google.com/drive/folders/1aoKQlvHOb7vZIFK8pDJsQnC7SOyEjXVF"
@@ -80,15 +81,11 @@ def load_checkpoint(learner: Learner, path: Path) -> None:
     """Strict load of a released ``best_model.pt`` (legacy or zip format), naming every mismatch."""
     if not path.is_file():
         raise WeightsError(f"dhpf.weights={str(path)!r}: no such file. {how_to_get()}")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # pickle / zip errors of every kind
-        raise WeightsError(f"{path} is not a readable PyTorch checkpoint (torch.load weights_only=True): "
-                           f"{type(exc).__name__}: {exc}") from exc
+    obj = load_weights_only(path)  # a truncated, foreign or code-carrying file: one WeightsError naming it
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise WeightsError(f"{path} does not hold a state dict of tensors")
+    if not isinstance(obj, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()):
+        raise WeightsError(f"{path} does not hold a state dict of named tensors")
     sd = dict(obj)
     for prefix in ("module.", "learner."):
         if sd and all(k.startswith(prefix) for k in sd):

@@ -23,6 +23,7 @@ import torch
 
 from corrbench.api import FeatureGrid, PairConditionedDescriptor, Preprocess
 from corrbench.errors import UsageError
+from corrbench.options import Option
 
 from . import models, weights
 from .binning import log_bin, num_bins
@@ -42,17 +43,21 @@ class DinoDescriptor(PairConditionedDescriptor):
     description = "DINO ViT-S/8 key facet, block 9, stride 4, log-binned (dino-vit-features recipe)"
     version = "1"
     default_config: ClassVar[dict[str, Any]] = {
-        "model": "dino_vits8",  # torch.hub name, or a timm name (vit_small_patch8_224.dino)
-        "weights": "pretrained",  # pretrained | random | PATH
-        "layer": 9,  # 0-based block index; negative counts from the end
-        "facet": "key",  # key | query | value | token
-        "stride": 4,  # patch-embedding stride; must divide the patch size
-        "bin": True,  # log-binning (17 bins at hierarchy 2)
-        "hierarchy": 2,
-        "load_size": 224,
-        "resize_mode": "short_side",  # short_side (aspect kept, LANCZOS) | square
-        "predict_mode": "patch_center",  # patch_center | upsample_nn
-        "pos_interp": "dino",  # dino (DINO's bicubic formula) | timm (timm's dynamic_img_size resampling)
+        "model": Option("dino_vits8", str, "torch.hub name, or a timm name such as vit_small_patch8_224.dino"),
+        "weights": Option("pretrained", "path", "pretrained, random (an untrained network) or a PATH to a checkpoint"),
+        "layer": Option(9, int, "0-based block index; negative counts from the end"),
+        "facet": Option("key", str, "which ViT facet of the block is the descriptor", choices=FACETS),
+        "stride": Option(4, int, "patch-embedding stride in pixels; must divide the patch size", min=1),
+        "bin": Option(True, bool, "log-binning of the facet map: 17 bins at hierarchy 2"),
+        "hierarchy": Option(2, int, "levels of the log-binning", min=1),
+        "load_size": Option(224, int, "load size in pixels: short side, or both sides with resize_mode=square",
+                            min=1),
+        "resize_mode": Option("short_side", str, "short_side keeps the aspect ratio with LANCZOS; square stretches",
+                              choices=RESIZE_MODES),
+        "predict_mode": Option("patch_center", str, "patch_center = dino-vit-features readout; upsample_nn = the "
+                               "core nearest-neighbour readout", choices=PREDICT_MODES),
+        "pos_interp": Option("dino", str, "position-embedding resampling: DINO's bicubic formula or timm's",
+                             choices=POS_INTERP),
     }
     preprocess: ClassVar[Preprocess] = Preprocess(load_size=224, resize="short_side", resample="lanczos",
                                                   mean=IMAGENET_MEAN, std=IMAGENET_STD)
@@ -81,6 +86,11 @@ class DinoDescriptor(PairConditionedDescriptor):
 
     def weights_identity(self) -> str:
         return weights.weights_identity(self.spec, self.config["weights"])
+
+    @classmethod
+    def tiny_config(cls, workdir):
+        # timm's 4-block test ViT (patch 16) with random weights, at stride 8 on a 64 px input
+        return {"model": "test_vit", "weights": "random", "layer": 3, "stride": 8, "load_size": 64}
 
     # -- extraction -----------------------------------------------------------------------------
     def setup(self) -> None:

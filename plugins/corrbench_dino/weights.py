@@ -22,6 +22,7 @@ import torch
 
 from corrbench.errors import WeightsError
 from corrbench.hashing import sha256_file_memo
+from corrbench.torchfile import load_weights_only
 
 from .models import ViTSpec
 
@@ -75,12 +76,12 @@ def _read(path: Path) -> Any:
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        return load_file(str(path))
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # pickle / zip errors of every kind: the file is not a weights-only checkpoint
-        raise WeightsError(f"{path} is not a readable PyTorch checkpoint (torch.load weights_only=True): "
-                           f"{type(exc).__name__}: {exc}") from exc
+        try:
+            return load_file(str(path))
+        except Exception as exc:  # truncated header, not safetensors at all
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            raise WeightsError(f"{path} could not be read as safetensors: {type(exc).__name__}: {reason}") from exc
+    return load_weights_only(path)  # a truncated, foreign or code-carrying file: one WeightsError naming it
 
 
 def _unwrap(obj: Any, path: Path) -> dict[str, torch.Tensor]:
@@ -88,8 +89,8 @@ def _unwrap(obj: Any, path: Path) -> dict[str, torch.Tensor]:
     for wrapper in ("teacher", "model", "state_dict"):
         if isinstance(obj, dict) and wrapper in obj and isinstance(obj[wrapper], dict):
             obj = obj[wrapper]
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise WeightsError(f"{path} does not hold a state dict of tensors")
+    if not isinstance(obj, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()):
+        raise WeightsError(f"{path} does not hold a state dict of named tensors")
     sd = dict(obj)
     for prefix in ("module.", "backbone."):  # DINO training checkpoints: module.backbone.*
         if sd and all(k.startswith(prefix) or k.startswith("head.") for k in sd):

@@ -1,7 +1,8 @@
 """Stable Diffusion decoder features during DDIM inversion (real images) or generation (prompts).
 
 Exactly DHF's pipeline (paper-protocol §2, §8): images in [0, 1] → [−1, 1] → bilinear to
-``image_size`` (512) → VAE encode, seeded sample (or mode) × scaling factor (0.18215) → ``num_steps``
+``image_size`` (512) → VAE encode, a sample seeded by (seed, image content) (or the mode) × scaling
+factor (0.18215) → ``num_steps``
 (50) DDIM inversion steps with η = 0, empty prompt, no guidance, UNet timestep −1 at the first step →
 forward hooks on ``up_blocks[i].resnets[j].conv2`` → each map bilinearly resized to
 ``output_resolution`` (64) → ``consume(slot, layer_position, feature)``.
@@ -20,9 +21,9 @@ from .configs import SD15, SD21
 from .ddim import DDIMSchedule, Step, ddim_update
 from .hooks import Conv2Capture, StopForward, check_layers
 from .loading import SDComponents, get_components
-from .speed import as_bool, compile_mode, is_compiled, padded_batch, prepare_unet
+from .speed import as_bool, check_channels_last, compile_mode, is_compiled, padded_batch, prepare_unet
 
-__all__ = ["LAYERS", "PAPER_SAVE_INDICES", "SD15", "SD21", "SDFeatureExtractor", "LATENT_MODES"]
+__all__ = ["LAYERS", "PAPER_SAVE_INDICES", "SD15", "SD21", "SDFeatureExtractor", "LATENT_MODES", "posterior_seed"]
 
 #: DHF's 12 decoder layers, named 1 … 12 in this order (paper-protocol §2.4).
 LAYERS: tuple[tuple[int, int], ...] = ((0, 0), (0, 1), (0, 2), (1, 0), (1, 1), (1, 2),
@@ -34,6 +35,28 @@ LATENT_MODES = ("sample", "mode")
 Consume = Callable[[int, int, "object"], None]
 
 
+def posterior_seed(image, seed: int) -> int:
+    """The generator seed of one image's posterior draw (``latent=sample``), from ``seed`` and its content.
+
+    ``image`` is one 3×H×W image in [0, 1] exactly as handed to :meth:`SDFeatureExtractor.encode`
+    (before any resizing). The rule: ``digest = sha256(f"{seed}:{H}x{W}:".encode("ascii") + data)``,
+    where ``data`` is the image as float32, C-contiguous, little-endian bytes (moved to the CPU); the
+    generator seed is the first 8 bytes of the digest read as a little-endian unsigned integer, masked
+    to 63 bits. The draw is ``torch.randn(latent_shape, generator=torch.Generator("cpu").manual_seed(s),
+    dtype=torch.float32)``.
+    """
+    import hashlib
+
+    import numpy as np
+    import torch
+
+    data = image.detach().to(device="cpu", dtype=torch.float32).contiguous().numpy()
+    data = np.ascontiguousarray(data, dtype="<f4")
+    H, W = data.shape[-2:]
+    digest = hashlib.sha256(f"{int(seed)}:{H}x{W}:".encode("ascii") + data.tobytes()).digest()
+    return int.from_bytes(digest[:8], "little") & (2 ** 63 - 1)
+
+
 class SDFeatureExtractor:
     """Captures SD decoder features; see the module docstring for the exact semantics.
 
@@ -42,14 +65,20 @@ class SDFeatureExtractor:
         device: torch device string.
         dtype: ``auto`` (float16 on CUDA, float32 on CPU), ``float16``, ``bfloat16`` or ``float32``.
         latent: ``sample`` (a seeded draw from the VAE posterior, DHF's choice) or ``mode`` (its mean).
-        seed: seed of the posterior draw. Every image gets the draw of a generator seeded with ``seed``,
-            so an image's features do not depend on the batch it is in (the feature cache relies on this).
+        seed: seed of the posterior draw. Each image gets the draw of a CPU generator seeded from ``seed``
+            *and the image's content* (a sha256 of its float32 bytes as handed to :meth:`encode`, before
+            resizing; exact rule: :func:`posterior_seed`). So different images (a source and its target)
+            get different noise, while an image's features depend neither on the batch it is in nor on
+            its position there, nor on the device (the feature cache relies on this).
         num_steps: DDIM steps (paper: 50).
         image_size: side of the square UNet input image (paper: 512; the latent is ``image_size / 8``).
         output_resolution: side of the resized feature maps (paper: 64).
         weights: ``pretrained`` or ``random`` (the architecture with random weights, for offline tests).
         compile: ``torch.compile`` the UNet: false, true or a torch.compile mode (see ``speed``).
         channels_last: store the UNet's weights channels-last (faster convolutions on tensor cores).
+            Refused on a CPU device (a UsageError): torch's CPU GroupNorm loses precision on
+            channels-last float32 inputs. Inputs to :meth:`encode` are made contiguous NCHW whatever
+            their strides, for the same reason.
         compile_backend: torch.compile backend (``inductor``; tests use ``eager`` to count graphs fast).
 
     ``consume`` runs inside the UNet forward, as each map is computed (eager UNet), or right after the
@@ -78,6 +107,7 @@ class SDFeatureExtractor:
         self.weights = weights
         self.compile_mode = compile_mode(compile)
         self.channels_last = as_bool(channels_last, "sd.channels_last")
+        check_channels_last(self.channels_last, self.device)  # CPU GroupNorm on channels-last is imprecise
         self.compile_backend = compile_backend
         self.schedule = DDIMSchedule(num_steps)
         self.num_steps = self.schedule.num_steps
@@ -113,23 +143,30 @@ class SDFeatureExtractor:
             raise UsageError(f"SD extractor input must be B×3×H×W, got {tuple(images.shape)}")
         comps = self.components
         vae = comps.vae
-        x = images.to(device=self.device, dtype=torch.float32) * 2.0 - 1.0
+        # the posterior draw's seeds come from the images exactly as handed in (before any resizing)
+        seeds = [posterior_seed(image, self.seed) for image in images] if self.latent == "sample" else []
+        # contiguous NCHW whatever the caller's strides: on a CPU, GroupNorm on a channels-last float32
+        # input loses precision (see speed.CHANNELS_LAST_CPU_REFUSAL), and a stacked HWC→CHW numpy
+        # batch arrives channels-last
+        x = images.to(device=self.device, dtype=torch.float32).contiguous() * 2.0 - 1.0
         if x.shape[-2:] != (self.image_size, self.image_size):
             # DHF: F.interpolate(..., mode="bilinear") without antialias (pitfall P14)
             x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False)
+            x = x.contiguous()
         # one image at a time: at 512 px the encoder holds about five 128-channel full-resolution maps
         # at its peak (640 MB per image in float32, measured: benchmarks/README.md), which would
         # otherwise be most of a batch's peak memory; the 50 UNet calls that follow dwarf its cost
-        dists = [vae.encode(image.to(vae.dtype)).latent_dist for image in x.split(1)]
+        dists = [vae.encode(image.to(vae.dtype).contiguous()).latent_dist for image in x.split(1)]
         mean = torch.cat([d.mean for d in dists])
         if self.latent == "mode":
             z = mean  # the mode of a diagonal Gaussian
         else:
-            # the same seeded draw for every image, from a CPU generator: batch- and device-independent
+            # one draw per image from a CPU generator seeded by (seed, image content): batch-, position-
+            # and device-independent, and different images get different noise
             gen = torch.Generator("cpu")
             noise = []
-            for _ in range(x.shape[0]):
-                gen.manual_seed(self.seed)
+            for s in seeds:
+                gen.manual_seed(s)
                 noise.append(torch.randn(mean.shape[1:], generator=gen, dtype=torch.float32))
             eps = torch.stack(noise).to(device=self.device, dtype=mean.dtype)
             z = mean + torch.cat([d.std for d in dists]) * eps

@@ -17,7 +17,7 @@ import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from corrbench.errors import UsageError, WeightsError
 
@@ -139,14 +139,30 @@ def _hub_revision(hub_id: str) -> str | None:
     return None
 
 
-def weights_identity(source: ModelSource, weights: str = "pretrained") -> str:
-    """A string that changes when the weights change: folder fingerprint or hub snapshot revision."""
+def weights_identity(source: ModelSource, weights: str = "pretrained", *,
+                     load: Callable[[], Any] | None = None) -> str:
+    """A string that changes when the weights change: folder fingerprint or hub snapshot revision.
+
+    A hub id with pretrained weights is identified by the commit of the snapshot the loader reads
+    (``hub:<id>@<commit>``, the local cache's ``refs/main``), so the identity is only known once the
+    weights are resolved. When the snapshot is not in the local cache, ``load()`` is called first
+    (the same load a run does: it downloads the weights when online, or raises the WeightsError that
+    says how to get them); without ``load``, or if the snapshot is still missing, a WeightsError is
+    raised. Callers memoise the result (``SDDescriptor.weights_identity``).
+    """
     if source.folder is not None:
         prefix = "random-arch" if weights == "random" else "folder"
         return f"{prefix}:{source.folder}:{_folder_fingerprint(source.folder)}"
     if weights == "random":
         return f"random:{source.hub_id}:seed{RANDOM_WEIGHTS_SEED}"
-    return f"hub:{source.hub_id}@{_hub_revision(source.hub_id) or 'not-in-local-cache'}"
+    revision = _hub_revision(source.hub_id)
+    if revision is None and load is not None:
+        load()
+        revision = _hub_revision(source.hub_id)
+    if revision is None:
+        raise WeightsError(f"Stable Diffusion weights {source.hub_id!r} are not in the local Hugging Face cache, "
+                           f"so their revision is unknown; {how_to_get(source)}")
+    return f"hub:{source.hub_id}@{revision}"
 
 
 # --------------------------------------------------------------------------------------------------

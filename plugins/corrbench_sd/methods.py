@@ -16,6 +16,7 @@ from typing import Any
 import corrbench
 from corrbench.api import Preprocess
 from corrbench.errors import UsageError
+from corrbench.options import Option
 
 from .configs import SD15
 from .ddim import DDIMSchedule
@@ -28,7 +29,9 @@ SD_SHARED_DEFAULTS: dict[str, Any] = {
     "model": SD15,  # hub id or local diffusers folder
     "weights": "pretrained",  # or "random": the architecture with random weights (offline tests)
     "dtype": "auto",  # float16 on CUDA, float32 on CPU
-    "latent": "sample",  # seeded VAE posterior draw (paper); "mode" = posterior mean
+    # seeded VAE posterior draw (paper); "mode" = posterior mean. Each image's draw comes from a CPU
+    # generator seeded by (seed, a sha256 of the image's float32 bytes): see extractor.posterior_seed
+    "latent": "sample",
     "seed": 0,  # seed of that draw
     "num_steps": 50,  # DDIM inversion steps
     "image_size": 512,  # UNet input side (224 load → bilinear → 512)
@@ -36,7 +39,46 @@ SD_SHARED_DEFAULTS: dict[str, Any] = {
     "load_size": 224,  # the paper's test-time load size (square, PIL bilinear)
     "raw_indices": list(PAPER_SAVE_INDICES),  # saved steps exported by `corrbench extract --raw`
     "compile": False,  # torch.compile the UNet: true (max-autotune-no-cudagraphs) or a mode name
-    "channels_last": False,  # channels-last UNet weights and inputs
+    "channels_last": False,  # channels-last UNet weights and inputs (CUDA only: refused on CPU)
+}
+
+
+def _dtype_name(value: str) -> str:
+    from .loading import _DTYPES
+
+    if value.strip().lower() != "auto" and value.strip().lower() not in _DTYPES:
+        raise ValueError("one of auto, float16, bfloat16, float32")
+    return value
+
+
+def _compile_value(value: Any) -> Any:
+    from .speed import compile_mode
+
+    compile_mode(value)  # a UsageError naming the modes when it is not one
+    return value
+
+
+#: The typed form of :data:`SD_SHARED_DEFAULTS`: type, range or choices and a one-line doc per key.
+SD_SHARED_OPTIONS: dict[str, Option] = {
+    "model": Option(SD_SHARED_DEFAULTS["model"], "str", "hub id or local diffusers folder of the SD weights"),
+    "weights": Option(SD_SHARED_DEFAULTS["weights"], str, "pretrained, or random: the architecture with random "
+                      "weights, for offline tests", choices=("pretrained", "random")),
+    "dtype": Option(SD_SHARED_DEFAULTS["dtype"], str, "UNet/VAE dtype: auto = float16 on CUDA, float32 on CPU",
+                    check=_dtype_name),
+    "latent": Option(SD_SHARED_DEFAULTS["latent"], str, "sample = seeded VAE posterior draw (paper), "
+                     "mode = the posterior mean", choices=("sample", "mode")),
+    "seed": Option(SD_SHARED_DEFAULTS["seed"], int, "seed of the posterior draw", min=0),
+    "num_steps": Option(SD_SHARED_DEFAULTS["num_steps"], int, "DDIM inversion steps", min=1, max=1000),
+    "image_size": Option(SD_SHARED_DEFAULTS["image_size"], int, "UNet input side in pixels (load → bilinear → it)",
+                         min=8, multiple_of=8),
+    "output_resolution": Option(SD_SHARED_DEFAULTS["output_resolution"], int, "side of every captured map", min=1),
+    "load_size": Option(SD_SHARED_DEFAULTS["load_size"], int, "square test-time load size in pixels", min=1),
+    "raw_indices": Option(SD_SHARED_DEFAULTS["raw_indices"], list, "saved step indices (0..num_steps-1) that "
+                          "`corrbench extract --raw` exports", item=int),
+    "compile": Option(SD_SHARED_DEFAULTS["compile"], "json", "torch.compile the UNet: true "
+                      "(max-autotune-no-cudagraphs), false or a torch.compile mode name", check=_compile_value),
+    "channels_last": Option(SD_SHARED_DEFAULTS["channels_last"], bool, "channels-last UNet weights and inputs "
+                            "(CUDA only)"),
 }
 #: Keys that change the speed of extraction, never its result: left out of the feature-cache key.
 SD_RUNTIME_KEYS: tuple[str, ...] = ("compile", "channels_last")
@@ -87,14 +129,23 @@ class SDDescriptor(corrbench.Descriptor):
     preprocess = Preprocess(load_size=224, resize="square", resample="bilinear")
     # a 64 × 64 map has 1,280 (Layer-4) to 10,560 (Concat-All) channels: 10–86 MB per image in float16
     cache_dtype = "float16"
-    default_config: dict[str, Any] = dict(SD_SHARED_DEFAULTS)
+    default_config: dict[str, Any] = dict(SD_SHARED_OPTIONS)
+    # 2: per-image posterior draws seeded by (seed, image content); VAE input made contiguous NCHW
+    version = "2"
 
     def __init__(self, config: dict[str, Any] | None = None, device: str = "cpu"):
         super().__init__(config, device)
         self.schedule = DDIMSchedule(_as_int(self.config["num_steps"], "sd.num_steps"))
         self.raw_indices = self.schedule.check_indices(self.config["raw_indices"])
-        check_runtime_config(self.config)
+        check_runtime_config(self.config, device)
+        self._weights_identity: str | None = None
         self.validate_config()
+
+    @classmethod
+    def tiny_config(cls, workdir):
+        from .tiny import tiny_sd_config
+
+        return tiny_sd_config(workdir)
 
     def validate_config(self) -> None:
         """Check method-specific keys before anything is loaded (subclasses)."""
@@ -115,9 +166,15 @@ class SDDescriptor(corrbench.Descriptor):
         return run_plans(self.extractor, [self.inversion_plan(images)], images)[0]
 
     def weights_identity(self) -> str:
-        from .loading import resolve_source, weights_identity
+        """The SD weights' identity, resolved once after the weights are (a hub id: the loaded snapshot's
+        commit, loading the weights first when they are not in the local cache) and then memoised."""
+        if self._weights_identity is None:
+            from .loading import resolve_source, weights_identity
 
-        return weights_identity(resolve_source(self.config["model"]), str(self.config["weights"]))
+            self._weights_identity = weights_identity(
+                resolve_source(self.config["model"]), str(self.config["weights"]),
+                load=lambda: make_extractor(self.config, self.device).components)
+        return self._weights_identity
 
     def run_info(self) -> dict[str, Any]:
         info: dict[str, Any] = {"sd_model": str(self.config["model"]), "weights": self.weights_identity(),
@@ -148,6 +205,17 @@ class SDDescriptor(corrbench.Descriptor):
         return out
 
 
+def _block_value(value: Any) -> list[int]:
+    try:
+        return list(parse_block(value))
+    except UsageError:
+        raise ValueError("an (up_block, resnet) pair such as [1, 0]") from None
+
+
+#: ``timestep`` of the single-timestep methods (checked against the schedule when the method is made)
+TIMESTEP = Option(-1, int, "UNet timestep of the inversion to read (-1 = the clean one-step pass)", min=-1)
+
+
 class _SingleTimestepMixin:
     """``timestep``: a UNet timestep of the inversion (−1 = the clean one-step pass)."""
 
@@ -161,7 +229,12 @@ class SDLayer(_SingleTimestepMixin, SDDescriptor):
 
     name = "sd-layer"
     description = "Raw SD decoder feature of any up_blocks[i].resnets[j] at any inversion timestep (config)"
-    default_config = {**SD_SHARED_DEFAULTS, "block": [1, 0], "timestep": -1}
+    default_config = {
+        **SD_SHARED_DEFAULTS,
+        "block": Option([1, 0], "json", "[up_block, resnet] of the decoder resnet whose conv2 output is taken",
+                        check=_block_value),
+        "timestep": TIMESTEP,
+    }
 
     def validate_config(self) -> None:
         self.block = parse_block(self.config["block"], f"{self.name}.block")
@@ -189,7 +262,11 @@ class SDConcatAll(_SingleTimestepMixin, SDDescriptor):
 
     name = "sd-concat-all"
     description = "SD-Concat-All (DHF table): the 12 decoder conv2 maps of one timestep, concatenated"
-    default_config = {**SD_SHARED_DEFAULTS, "timestep": -1, "normalize": False}
+    default_config = {
+        **SD_SHARED_DEFAULTS,
+        "timestep": TIMESTEP,
+        "normalize": Option(False, bool, "L2-normalise each layer's map per pixel before concatenating"),
+    }
 
     def validate_config(self) -> None:
         self.index = self.timestep_index()

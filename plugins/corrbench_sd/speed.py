@@ -2,6 +2,8 @@
 
 Both change how fast the same numbers come out, never which numbers (up to kernel rounding, like a
 different batch size), so they are left out of the feature-cache key (``Descriptor.runtime_keys``).
+``sd.channels_last`` is refused on a CPU device: there torch's GroupNorm on channels-last float32
+inputs loses precision badly enough to change the features (:data:`CHANNELS_LAST_CPU_REFUSAL`).
 
 The UNet is shared by every SD method of a process (``loading.get_components``), so it is prepared
 once, in place, and remembers how: a second method asking for the same settings costs nothing, and
@@ -50,10 +52,35 @@ def as_bool(value: Any, what: str) -> bool:
     raise UsageError(f"{what}={value!r}: expected true or false")
 
 
-def check_runtime_config(config: dict[str, Any]) -> None:
-    """Fail on a bad ``sd.compile`` / ``sd.channels_last`` when the method is made, not at the first batch."""
+#: Why ``sd.channels_last=true`` is refused on a CPU (measured with torch 2.14.1: ``nn.GroupNorm(32, 64)``
+#: on ``randn(1, 64, 256, 256) * 0.01 + 5`` is off by 2.8e-5 relative to float64 on a contiguous input
+#: and by 0.88 on a channels-last one; the SD VAE and UNet are full of such group norms).
+CHANNELS_LAST_CPU_REFUSAL = (
+    "sd.channels_last=true is refused on CPU: torch's CPU GroupNorm on channels-last float32 inputs loses "
+    "precision (relative error up to ~0.9 against float64, where a contiguous input gives ~3e-5), which "
+    "would change the features; use it on CUDA only")
+
+
+def is_cpu(device: Any) -> bool:
+    """Whether ``device`` (a string or torch.device) names the CPU."""
+    return str(device).strip().lower().split(":")[0] == "cpu"
+
+
+def check_channels_last(channels_last: bool, device: Any) -> None:
+    """Refuse ``sd.channels_last=true`` on a CPU device (see :data:`CHANNELS_LAST_CPU_REFUSAL`)."""
+    if channels_last and is_cpu(device):
+        raise UsageError(CHANNELS_LAST_CPU_REFUSAL)
+
+
+def check_runtime_config(config: dict[str, Any], device: Any = None) -> None:
+    """Fail on a bad ``sd.compile`` / ``sd.channels_last`` when the method is made, not at the first batch.
+
+    With ``device`` given, ``sd.channels_last=true`` on a CPU is refused as well.
+    """
     compile_mode(config.get("compile", False))
-    as_bool(config.get("channels_last", False), "sd.channels_last")
+    channels_last = as_bool(config.get("channels_last", False), "sd.channels_last")
+    if device is not None:
+        check_channels_last(channels_last, device)
 
 
 def is_compiled(unet) -> bool:

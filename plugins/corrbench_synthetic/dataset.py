@@ -11,7 +11,9 @@ from typing import Iterator
 from filelock import FileLock
 
 from corrbench.api import Dataset, Pair
-from corrbench.errors import UsageError
+from corrbench.errors import DataError, UsageError
+from corrbench.options import Option
+from corrbench.fsmode import apply_umask
 from corrbench_datasets.spair import iter_spair_pairs
 
 from .generate import CATEGORIES, GENERATOR_VERSION, write_dataset
@@ -24,7 +26,10 @@ class SyntheticDataset(Dataset):
     version = str(GENERATOR_VERSION)
     splits = ("trn", "val", "test")
     default_split = "test"
-    default_config = {"seed": 0, "categories": None}
+    default_config = {
+        "seed": Option(0, int, "generator seed (each seed is its own dataset)", min=0),
+        "categories": Option(None, list, "only these categories (bird, car, fish, robot); null = all", item=str),
+    }
     root_dirname = "synthetic"
     difficulty_flags = ("viewpoint_variation", "scale_variation")
     how_to_get = "It is generated automatically on first use; no download needed."
@@ -38,7 +43,10 @@ class SyntheticDataset(Dataset):
         target = self.layout_root
         if (target / ".complete").exists():
             return
-        self.root.mkdir(parents=True, exist_ok=True)
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:  # a file in the way, a read-only or missing mount
+            raise DataError(f"cannot create the synthetic dataset folder {self.root}: {exc.strerror or exc}") from exc
         with FileLock(str(self.root / f".{target.name}.lock")):
             if (target / ".complete").exists():  # another process generated it while we waited
                 return
@@ -48,6 +56,7 @@ class SyntheticDataset(Dataset):
                 (tmp / ".complete").write_text(f"corrbench synthetic v{GENERATOR_VERSION}\n")
                 if target.exists():  # an interrupted earlier attempt without its marker
                     shutil.rmtree(target)
+                apply_umask(tmp, directory=True)  # not mkdtemp's 0700: a shared data folder must stay readable
                 os.replace(tmp, target)
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
