@@ -97,7 +97,7 @@ def test_dhpf_gated_rhm_transfer(benchmark, dhpf):
 
 
 def _log_bin_per_pixel(x: torch.Tensor, hierarchy: int = 2) -> torch.Tensor:
-    """The upstream form of log-binning: a Python loop over cells and bins (baselines.md B4)."""
+    """The upstream form of log-binning: a Python loop over cells and bins (docs/methods.md#dino-and-dinov2)."""
     import torch.nn.functional as F
 
     B, D, h, w = x.shape

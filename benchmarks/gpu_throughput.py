@@ -58,7 +58,8 @@ DTYPES = {"fp16": "float16", "float16": "float16", "bf16": "bfloat16", "bfloat16
           "fp32": "float32", "float32": "float32"}
 #: SPair-71k test split: images through ``dhf`` in the issue's target
 SPAIR_TEST_IMAGES = 1800
-#: the official per-image stack: 11 timesteps × 10,560 channels × 64 × 64 in fp16 (paper-protocol §9)
+#: the official per-image stack: 11 timesteps × 10,560 channels × 64 × 64 in fp16
+#: (docs/reproduce.md#what-you-need-and-what-it-costs)
 OFFICIAL_STACK_BYTES_FP16 = 11 * 10560 * 64 * 64 * 2
 
 #: Dense (no sparsity) tensor-core peaks in TFLOP/s from the vendors' spec sheets, by device-name

@@ -43,7 +43,7 @@ def state_dict_digest(modules) -> str:
     h = hashlib.sha256()
     for prefix, module in sorted(modules.items()):
         for key, tensor in sorted(module.state_dict(keep_vars=False).items()):
-            t = tensor.detach().to("cpu").contiguous()
+            t = tensor.detach().to("cpu").contiguous().reshape(-1)  # a 0-d tensor cannot be viewed as bytes
             h.update(f"{prefix}.{key}|{t.dtype}|{tuple(tensor.shape)}|".encode())
             h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()

@@ -1,6 +1,6 @@
 """Image decoding and resizing, and the coordinate maps original ⇄ load frame.
 
-Coordinates follow the DHF protocol (paper-protocol.md §7.3): a point maps to the load frame by
+Coordinates follow the DHF protocol (docs/protocol.md#coordinate-maps): a point maps to the load frame by
 ``x · W_load / W`` (no half-pixel offset), and a predicted load-frame pixel maps back by ``x · W / W_load``.
 """
 

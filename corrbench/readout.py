@@ -1,4 +1,4 @@
-"""Nearest-neighbour keypoint transfer, exactly as DHF evaluates (paper-protocol.md §7.3).
+"""Nearest-neighbour keypoint transfer, exactly as DHF evaluates (docs/protocol.md#nearest-neighbour-readout).
 
 The protocol: upsample both descriptor maps bilinearly to the load size (``align_corners=False``),
 read the source descriptor at the rounded, clipped keypoint, take the cosine argmax over every target

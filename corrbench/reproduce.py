@@ -2,7 +2,8 @@
 
 The table spec (rows → method, paper numbers) lives here, so the command works from an installed
 package; ``benchmarks/baselines/dhf-paper.json`` is the same data as a file (``paper_baseline()``
-writes it; a test keeps the two identical). Protocol: ``shared/spec/paper-protocol.md`` §1, §7, §11.
+writes it; a test keeps the two identical). Protocol: docs/reproduce.md#protocol and
+docs/protocol.md#unknowns-and-their-defaults.
 
 A run goes through three stages, each of which can stop it before any benchmark work is done:
 
@@ -83,7 +84,7 @@ def _p(si: float, sb: float, ci: float, cb: float) -> dict[str, dict[str, float]
 DHF_TABLE = TableSpec(
     name="dhf-table",
     title="Diffusion Hyperfeatures (Luo et al., NeurIPS 2023), main comparison table",
-    source="arXiv 2305.14334, main table; numbers as listed in paper-protocol.md §1 [reported]",
+    source="arXiv 2305.14334, main table; numbers as listed in docs/reproduce.md#the-paper-numbers [reported]",
     datasets={
         "spair": DatasetSpec("spair", "SPair-71k", "dhf-test-360",
                              "the DHF authors' 360-pair test list annotations/spair_71k_test-360.json "
@@ -123,12 +124,13 @@ DHF_TABLE = TableSpec(
         "The VAE latent is a seeded posterior draw (sd.seed=0), where DHF draws unseeded (P6): repeated DHF runs "
         "differ slightly, corrbench runs do not.",
         "SD-Layer-Pruned / Ours-Pruned are not in the official code: the slot is the argmax of the released Ours "
-        "mixing weights (paper-protocol §6.7); the paper's choice is unknown.",
+        "mixing weights (docs/methods.md#pruned-rows); the paper's choice is unknown.",
         "The CUB pair list of the paper is unpublished; corrbench's seeded 360-pair test list is a stand-in "
-        "(paper-protocol §7.2), so CUB numbers are comparable only approximately.",
+        "(docs/datasets.md#cub-200-2011), so CUB numbers are comparable only approximately.",
         "DHPF is run with DHF's readout frame and PCK (original frame, pooled per keypoint), not DHPF's own 240 "
         "frame and per-pair average (P15); DINO predicts patch centres at an aspect-kept 224 (dino-vit-features).",
-        "Unknowns are config knobs with the defaults of paper-protocol §11 (SD-Layer-4 block and timestep, "
+        "Unknowns are config knobs with the defaults of docs/protocol.md#unknowns-and-their-defaults "
+        "(SD-Layer-4 block and timestep, "
         "Concat-All normalisation, DINO recipe, DHPF checkpoint); every run logs the resolved values.",
     ),
 )
@@ -907,7 +909,7 @@ class Outcome:
             cells += [rec["verdict"], _md_escape(rec["note"])]
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
-        lines.append("Known deviations and unknowns (paper-protocol.md §10–§11):")
+        lines.append("Known deviations and unknowns (docs/protocol.md#deviations-from-the-official-code):")
         lines += [f"- {d}" for d in p.table.deviations]
         return "\n".join(lines) + "\n"
 

@@ -523,7 +523,7 @@ def _run(ctx: DistContext, host, method_classes, method_cfgs, ds_entry, ds_cls, 
                     "n_images": len(records), "skipped": list(ds.skipped)},
         "protocol": {"alphas": list(alphas), "compare": compare, "frame": "original target image",
                      "also_logged": "pck@0.10_img_loadframe: distances and L = max(load H, W) in the target load "
-                                    "frame, as the DHF notebooks score (paper-protocol.md P11)",
+                                    "frame, as the DHF notebooks score (docs/protocol.md#p11-load-frame-scoring)",
                      "norms": {"bbox": "max side of the target box", "img": "max(W, H) of the target image"},
                      "averages": {"point": "pooled over keypoints", "image": "mean of per-pair accuracy"}},
         "higher_is_better": {"pck": True},

@@ -65,41 +65,41 @@ def _defining_attrs(cls) -> set[str]:
 
 
 @pytest.mark.parametrize("name", _tiny_methods())
-def test_features_do_not_depend_on_the_memory_layout_of_the_batch(name, workdir):
+def test_tiny_method_conformance(name, workdir):
+    """Output contract, layout independence, batch independence and a stable weights identity."""
     cls, tiny = _build(name, workdir)
     descriptor = cls(config=tiny, device="cpu")
     prep = descriptor.preprocessing()
-    batch = to_batch(_images(0), prep)
+    images = _images(0)
+    batch = to_batch(images, prep)
     assert batch.is_contiguous()
+    a = descriptor.describe(batch)
+    assert a.ndim == 4 and a.shape[0] == 2 and a.is_floating_point() and torch.isfinite(a).all()
+    grid = descriptor.feature_grid(prep.load_hw(images[0].size), tuple(a.shape[-2:]))
+    assert grid.stride_x > 0 and grid.stride_y > 0
+
+    # the memory layout of the batch a caller hands over cannot change the features: the same values
+    # in the same layout reach the same kernels, so anything beyond round-off is a layout bug (a
+    # channels-last batch once moved SD features by 40 %)
     channels_last = batch.contiguous(memory_format=torch.channels_last)
     assert not channels_last.is_contiguous()  # the strides really differ
-    a = descriptor.describe(batch)
-    b = descriptor.describe(channels_last)
-    assert a.shape == b.shape and a.shape[0] == 2
-    # same values in the same layout reach the same kernels: anything but tiny round-off is a layout bug
-    torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(descriptor.describe(channels_last), a, rtol=1e-5, atol=1e-6)
     # a permuted view (what stacking HWC arrays transposed to CHW gives) is just as safe
     permuted = batch.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)
     torch.testing.assert_close(descriptor.describe(permuted), a, rtol=1e-5, atol=1e-6)
 
+    # one image alone gives its features in a batch of two (the cache stores images one by one)
+    twin = cls(config=tiny, device="cpu")
+    alone = twin.describe(to_batch(images[1:], prep))
+    # convolution kernels may sum in another order for another batch size: compare as a whole map
+    # (a few elements near zero may differ relatively more), at a bound far below any real coupling
+    assert alone.shape[1:] == a.shape[1:]
+    relative = float((alone[0].double() - a[1].double()).norm() / a[1].double().norm())
+    assert relative <= 1e-4, f"{name}: features of an image alone differ from in a batch by {relative:.2e}"
 
-@pytest.mark.parametrize("name", _tiny_methods())
-def test_output_contract_and_stable_weights_identity(name, workdir):
-    cls, tiny = _build(name, workdir)
-    d1, d2 = cls(config=tiny, device="cpu"), cls(config=tiny, device="cpu")
-    prep = d1.preprocessing()
-    images = _images(1)
-    out = d1.describe(to_batch(images, prep))
-    assert out.ndim == 4 and out.shape[0] == 2 and out.is_floating_point() and torch.isfinite(out).all()
-    load_hw = prep.load_hw(images[0].size)
-    grid = d1.feature_grid(load_hw, tuple(out.shape[-2:]))
-    assert grid.stride_x > 0 and grid.stride_y > 0
-    ident = d1.weights_identity()
+    ident = descriptor.weights_identity()
     assert ident, f"{name}: a built-in method must know its weights identity"
-    assert ident == d2.weights_identity()
-    # one image alone gives the same features as in a batch of two (the cache stores images one by one)
-    alone = d2.describe(to_batch(images[1:], prep))
-    torch.testing.assert_close(alone[0], out[1], rtol=1e-4, atol=1e-5)
+    assert ident == twin.weights_identity()
 
 
 def test_shared_pass_outputs_equal_each_methods_own_extract(workdir):

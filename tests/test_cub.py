@@ -119,7 +119,7 @@ def test_text_parsers_raise_only_data_errors_naming_the_file(cub_fx, tmp_path_fa
 # The pair protocol
 # ------------------------------------------------------------------------------------------
 def _reference_list(fx, num_pairs, seed, split="test"):
-    """An independent implementation of paper-protocol.md §11 over the fixture's own records."""
+    """An independent implementation of docs/datasets.md#cub-200-2011 over the fixture's own records."""
     recs = sorted((r for r in fx.images.values() if r.train == (split == "train")), key=lambda r: r.id)
     cands = sorted((a.id, b.id) for a, b in itertools.permutations(recs, 2)
                    if a.class_id == b.class_id and set(a.visible()) & set(b.visible()))

@@ -1,4 +1,4 @@
-"""CUB-200-2011 with ``cub.crop=bbox``: the ACSM-style 256 × 256 crop (dataset-formats.md §3.2).
+"""CUB-200-2011 with ``cub.crop=bbox``: the ACSM-style 256 × 256 crop (docs/datasets.md#cub-crops).
 
 Rule under test: each side of the box moves out by 5 % of the box's width (height); the square's side is
 the larger padded side rounded up to a whole pixel, centred on the box centre (origin rounded half up to

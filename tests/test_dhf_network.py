@@ -56,7 +56,7 @@ def reference_hyperfeatures(sd, channels, timesteps, stacked, groups):
 
 
 def test_official_state_dict_layout_for_sd15():
-    """paper-protocol §4: 145 entries, 6,529,668 values for Ours; 6,529,548 for One-Step."""
+    """docs/methods.md#checkpoint-format: 145 entries, 6,529,668 values for Ours; 6,529,548 for One-Step."""
     ours = AggregationNetwork(SD_CHANNELS, 11).state_dict()
     assert len(ours) == 145
     assert sum(v.numel() for v in ours.values()) == 6_529_668

@@ -216,7 +216,7 @@ def test_timm_positional_interpolation_is_the_alternative_and_differs():
 # Log-binning
 # ----------------------------------------------------------------------------------------------
 def _log_bin_loop(x: torch.Tensor, hierarchy: int) -> torch.Tensor:
-    """The per-pixel procedure of baselines.md B4, written as literally as possible."""
+    """The per-pixel procedure of upstream log-binning (docs/methods.md#dino-and-dinov2), written literally."""
     B, D, h, w = x.shape
     pools = []
     for k in range(hierarchy):

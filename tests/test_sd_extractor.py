@@ -182,7 +182,7 @@ def test_inversion_matches_closed_form_reference(tiny, images, latent, num_steps
 
 
 def test_saved_indices_map_to_paper_timesteps(tiny, images):
-    """Slot s of the paper's indices runs the UNet at −1, 60, 160, …, 960 (paper-protocol §2.3)."""
+    """Slot s of the paper's indices runs the UNet at −1, 60, 160, …, 960 (docs/methods.md#ddim-inversion)."""
     ex = extractor(tiny)
     seen = {}
     with UNetCalls(ex.unet) as rec, torch.inference_mode():

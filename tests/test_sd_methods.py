@@ -85,7 +85,7 @@ def test_sd_layer_4_is_the_clean_pass_of_block_1_0(tiny, images):
 def test_sd_layer_any_block_and_timestep(tiny, images):
     d = SDLayer(config=cfg(tiny, block="(2, 1)", timestep=60))
     out = d.describe(images)
-    # timestep 60 is inversion index 45 (paper-protocol §2.3)
+    # timestep 60 is inversion index 45 (docs/methods.md#ddim-inversion)
     expected = per_layer(tiny, images, (45,), layers=[(2, 1)])[(0, 0)]
     torch.testing.assert_close(out, expected, rtol=0, atol=0)
     with pytest.raises(UsageError, match="timestep 61 is not a UNet timestep"):

@@ -53,6 +53,8 @@ SEED = 7  # sd.seed for the latent=sample check
 #: DHF's 12 decoder layers in order: (up block, resnet)
 LAYERS = tuple((i, j) for i in range(4) for j in range(3))
 TOLERANCE = 1e-4
+DHF_GROUPS = 8  # GroupNorm groups of the test's aggregation network (projection dim 32)
+CONSTANT_LAYERS = (0, 1, 2)  # positions in LAYERS whose maps are constant at this image size (see below)
 IMAGES = {"A": (40, 30), "B": (50, 50)}  # stem: (W, H)
 
 
@@ -70,14 +72,40 @@ def common_sets(folder: Path) -> list[str]:
     return [arg for key, value in sets.items() for arg in ("--set", f"{key}={value}")]
 
 
-def run_extract(method: str, images: list[Path], out: Path, sets: list[str], raw: bool = False) -> dict:
-    cmd = [*corrbench_command(), "extract", "--method", method, "--images", *map(str, images), "--out", str(out),
-           *sets] + (["--raw"] if raw else [])
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
-    assert proc.returncode == 0, f"{' '.join(cmd)}\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
-    with safe_open(str(out), "pt") as f:
-        return {key: f.get_tensor(key) for key in f.keys()}
+def extract_command(method: str, images: list[Path], out: Path, sets: list[str], raw: bool = False) -> list[str]:
+    return [*corrbench_command(), "extract", "--method", method, "--images", *map(str, images), "--out", str(out),
+            *sets] + (["--raw"] if raw else [])
+
+
+def raw_indices_set() -> list[str]:
+    return ["--set", "sd.raw_indices=[" + ",".join(map(str, RAW)) + "]"]
+
+
+def make_dhf_checkpoint(path: Path, channels: list[int]) -> Path:
+    """A seeded aggregation network in the official checkpoint format (distinct mixing weights, non-trivial norms)."""
+    from corrbench_dhf.checkpoint import save_checkpoint
+    from corrbench_dhf.network import AggregationNetwork
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(11)
+        net = AggregationNetwork(channels, len(RAW), projection_dim=32, num_norm_groups=DHF_GROUPS)
+        with torch.no_grad():
+            net.mixing_weights.copy_(torch.randn(net.mixing_weights.shape))
+            # layers 1-3 (up_blocks[0]) see a 1 × 1 latent at 64 px: their maps are constant up to float32
+            # rounding, and the bottleneck's one-channel-per-group GroupNorm scales that rounding up by
+            # 1/sqrt(eps), so float32 and float64 part there by an amount that depends on the CPU. Their
+            # softmax weight is made exactly 0 (the raw maps themselves are checked by the raw test).
+            for slot in range(net.num_slots):
+                if slot % net.num_layers in CONSTANT_LAYERS:
+                    net.mixing_weights[slot] = -1e4
+            for name, p in net.named_parameters():
+                if name.endswith("norm.weight"):
+                    p.copy_(1 + 0.2 * torch.randn(p.shape))
+                elif name.endswith("norm.bias"):
+                    p.copy_(0.1 * torch.randn(p.shape))
+    return save_checkpoint(path, net, step=0,
+                           config={"save_timestep": list(RAW), "num_timesteps": STEPS, "num_norm_groups": DHF_GROUPS,
+                                   "projection_dim": 32, "model_id": "tiny-sd"})
 
 
 @pytest.fixture(scope="module")
@@ -91,6 +119,47 @@ def setup(tmp_path_factory):
         Image.fromarray(rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8)).save(path)
         paths.append(path)
     return root, folder, paths
+
+
+@pytest.fixture(scope="module")
+def cli(setup):
+    """Every ``corrbench extract`` run of this module, started together (each is mostly start-up time)."""
+    root, folder, paths = setup
+    unet_config = json.loads((folder / "unet" / "config.json").read_text())
+    widths = list(reversed(unet_config["block_out_channels"]))  # up block i has the reversed i-th width
+    channels = [widths[i] for i, _ in LAYERS]
+    ckpt = make_dhf_checkpoint(root / "dhf.pt", channels)
+    sd = common_sets(folder)
+    jobs = {
+        "raw-mode": ("sd-concat-all", sd + raw_indices_set() + ["--set", "sd.latent=mode"], True),
+        "raw-sample": ("sd-concat-all", sd + raw_indices_set() + ["--set", "sd.latent=sample", "--set", f"sd.seed={SEED}"],
+                       True),
+        "layer4": ("sd-layer-4", sd + raw_indices_set() + ["--set", "sd.latent=mode"], False),
+        "dhf": ("dhf", sd + ["--set", "sd.latent=mode", "--set", f"dhf.weights={ckpt}"], False),
+    }
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    procs = {}
+    for name, (method, sets, raw) in jobs.items():
+        out = root / f"{name}.safetensors"
+        cmd = extract_command(method, paths, out, sets, raw)
+        procs[name] = (cmd, out, subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                                   env=env))
+    results = {}
+    for name, (cmd, out, proc) in procs.items():
+        try:
+            stdout, stderr = proc.communicate(timeout=900)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            stdout, stderr = proc.communicate()
+        results[name] = (cmd, out, proc.returncode, stdout, stderr)
+    return results, ckpt
+
+
+def cli_output(cli, name: str) -> dict:
+    cmd, out, rc, stdout, stderr = cli[0][name]
+    assert rc == 0, f"{' '.join(cmd)}\n{stdout[-2000:]}\n{stderr[-4000:]}"
+    with safe_open(str(out), "pt") as f:
+        return {key: f.get_tensor(key) for key in f.keys()}
 
 
 @pytest.fixture(scope="module")
@@ -214,11 +283,9 @@ def check_raw(raw: torch.Tensor, ref: dict, channels: list[int], what: str) -> f
 # The tests
 # ------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("latent", ["mode", "sample"])
-def test_cli_raw_sd_features_match_a_float64_reference(setup, reference, latent):
+def test_cli_raw_sd_features_match_a_float64_reference(setup, cli, reference, latent):
     root, folder, paths = setup
-    sets = common_sets(folder) + ["--set", f"sd.latent={latent}", "--set", f"sd.seed={SEED}",
-                                  "--set", "sd.raw_indices=[" + ",".join(map(str, RAW)) + "]"]
-    got = run_extract("sd-concat-all", paths, root / f"raw-{latent}.safetensors", sets, raw=True)
+    got = cli_output(cli, f"raw-{latent}")
     assert set(got) == set(IMAGES)
     worst = 0.0
     for path in paths:
@@ -230,10 +297,9 @@ def test_cli_raw_sd_features_match_a_float64_reference(setup, reference, latent)
         assert (a - b).abs().mean() > 0.5
 
 
-def test_cli_sd_layer_4_descriptor_matches_the_reference(setup, reference):
+def test_cli_sd_layer_4_descriptor_matches_the_reference(setup, cli, reference):
     root, folder, paths = setup
-    sets = common_sets(folder) + ["--set", "sd.latent=mode"]
-    got = run_extract("sd-layer-4", paths, root / "layer4.safetensors", sets)
+    got = cli_output(cli, "layer4")
     worst = 0.0
     for path in paths:
         ref = reference.features(load_image(path), "mode")
@@ -265,29 +331,13 @@ def bottleneck(state: dict, prefix: str, x: torch.Tensor, groups: int) -> torch.
     return torch.relu(out + shortcut)
 
 
-def test_cli_dhf_hyperfeatures_match_a_float64_aggregation(setup, reference):
-    from corrbench_dhf.checkpoint import save_checkpoint
-    from corrbench_dhf.network import AggregationNetwork
-
+def test_cli_dhf_hyperfeatures_match_a_float64_aggregation(setup, cli, reference):
     root, folder, paths = setup
-    groups = 8
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(11)
-        net = AggregationNetwork(reference.channels, len(RAW), projection_dim=32, num_norm_groups=groups)
-        with torch.no_grad():  # distinct mixing weights and non-trivial norms
-            net.mixing_weights.copy_(torch.randn(net.mixing_weights.shape))
-            for name, p in net.named_parameters():
-                if name.endswith("norm.weight"):
-                    p.copy_(1 + 0.2 * torch.randn(p.shape))
-                elif name.endswith("norm.bias"):
-                    p.copy_(0.1 * torch.randn(p.shape))
-    ckpt = save_checkpoint(root / "dhf.pt", net, step=0,
-                           config={"save_timestep": list(RAW), "num_timesteps": STEPS, "num_norm_groups": groups,
-                                   "projection_dim": 32, "model_id": "tiny-sd"})
-    sets = common_sets(folder) + ["--set", "sd.latent=mode", "--set", f"dhf.weights={ckpt}"]
-    got = run_extract("dhf", paths, root / "dhf.safetensors", sets)
-
+    got = cli_output(cli, "dhf")
+    ckpt = cli[1]
+    groups = DHF_GROUPS
     state = {k: v.double() for k, v in torch.load(ckpt, weights_only=True)["aggregation_network"].items()}
+    assert [state[f"bottleneck_layers.{n}.0.conv1.weight"].shape[1] for n in range(len(LAYERS))] == reference.channels
     mixing = torch.softmax(state["mixing_weights"], dim=0)
     L = len(LAYERS)
     worst = 0.0

@@ -289,7 +289,7 @@ def test_dhf_list_is_downloaded_verified_cached_and_joined(spair_copy, spair_fx,
 
 
 def test_wrong_dhf_list_is_rejected(spair_copy, spair_fx, monkeypatch):
-    data, _ = _served_list(spair_fx)  # not the published file: its sha256 differs from paper-protocol.md
+    data, _ = _served_list(spair_fx)  # not the published file: its sha256 differs (docs/datasets.md)
     with LoopbackServer({"/ann/spair_71k_test-360.json": data}) as srv:
         monkeypatch.setenv("CORRBENCH_DHF_ANNOTATIONS_URL", f"{srv.url}/ann")
         with pytest.raises(ChecksumError, match=r"spair_71k_test-360.json: sha256 mismatch: expected 2f93f0ca"):

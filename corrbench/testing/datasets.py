@@ -1,4 +1,4 @@
-"""Fixture writers in the exact on-disk formats of the real datasets (dataset-formats.md §9).
+"""Fixture writers in the exact on-disk formats of the real datasets (docs/datasets.md#test-fixtures).
 
 Everything is generated from a seed into a folder you choose; no real data is involved. Images have
 W ≠ H so that (x, y)/(y, x) and (W, H)/(H, W) mix-ups fail loudly; one keypoint per category sits on
@@ -24,7 +24,7 @@ import numpy as np
 # Image sizes (W, H), all non-square, cycled over the generated images.
 SIZES = ((64, 48), (40, 72), (56, 44), (48, 60), (72, 40), (44, 52))
 POSES = ("Unspecified", "Frontal", "Left", "Rear", "Right")
-# Used keypoint slots per category (dataset-formats.md §1.4); the fixture draws from the first few.
+# Used keypoint slots per category (docs/datasets.md#spair-71k); the fixture draws from the first few.
 SPAIR_USED_SLOTS = {
     "aeroplane": range(25), "bicycle": [i for i in range(14) if i not in (11, 12)], "bird": range(17),
     "boat": range(14), "bottle": range(10), "bus": [i for i in range(30) if i not in (8, 9)], "car": range(30),
@@ -110,7 +110,7 @@ class SpairFixture:
 def write_spair_fixture(root: str | os.PathLike, *, categories: Sequence[str] = ("cat", "bus"),
                         images_per_split: dict[str, int] | None = None, seed: int = 0,
                         slots_per_category: int = 8, visible: tuple[int, int] = (5, 7)) -> SpairFixture:
-    """Write a tiny SPair-71k in its exact layout (dataset-formats.md §1 and §9).
+    """Write a tiny SPair-71k in its exact layout (docs/datasets.md#spair-71k).
 
     Each split gets its own images (disjoint across splits); every ordered pair of distinct images of
     one category and split with at least one mutually visible keypoint becomes a pair file.
@@ -191,7 +191,7 @@ SPAIR_CATEGORY_INDEX = {c: i + 1 for i, c in enumerate(sorted(SPAIR_USED_SLOTS))
 # DHF annotation JSON
 # ------------------------------------------------------------------------------------------
 def spair_pair_to_dhf(obj: dict[str, Any], style: str = "360") -> dict[str, Any]:
-    """Map one SPair pair annotation to a DHF-schema entry (dataset-formats.md §2).
+    """Map one SPair pair annotation to a DHF-schema entry (docs/datasets.md#dhf-json-pair-lists).
 
     ``style="360"``: paths ``<category>/<imname>`` (test-360 / val-360). ``style="test-6"``: bare file
     names plus the pose, mirror and viewpoint keys.
@@ -259,7 +259,7 @@ class CubFixture:
 
 def write_cub_fixture(root: str | os.PathLike, *, classes: int = 3, train_per_class: int = 2,
                       test_per_class: int = 2, seed: int = 0) -> CubFixture:
-    """Write a tiny CUB-200-2011 in its exact layout (dataset-formats.md §3.1 and §9).
+    """Write a tiny CUB-200-2011 in its exact layout (docs/datasets.md#cub-200-2011).
 
     1-based contiguous ids; train and test images interleaved within each class; 15 part lines per
     image in image-then-part order with at least one invisible part (``0.0 0.0 0``) per image; one

@@ -24,7 +24,7 @@ import tempfile
 import warnings
 from pathlib import Path
 
-#: The paper's DDIM configuration (DHF builds this scheduler itself; see paper-protocol §2.3).
+#: The paper's DDIM configuration (DHF builds this scheduler itself; see docs/methods.md#ddim-inversion).
 PAPER_DDIM_CONFIG = {
     "num_train_timesteps": 1000,
     "beta_start": 0.00085,

@@ -10,17 +10,17 @@
 All ids are 1-based. Boxes are ``x y w h`` (converted to ``l t r b = x, y, x + w, y + h``); part
 locations are used as written (the dataset does not say whether they are 0- or 1-based).
 
-There is no published CUB pair list for the DHF paper, so corrbench defines one (paper-protocol.md
-§11): of the split's images, every **ordered** pair of distinct images of one class with at least one
-part visible in both, enumerated sorted by (source image id, target image id), shuffled with
+There is no published CUB pair list for the DHF paper, so corrbench defines one
+(docs/datasets.md#cub-200-2011): of the split's images, every **ordered** pair of distinct images of one
+class with at least one part visible in both, enumerated sorted by (source image id, target image id), shuffled with
 ``numpy.random.default_rng(seed).permutation`` (seed 0) and the first ``num_pairs`` (360) taken,
 without replacement. Only mutually visible parts are kept, in part-id order; images are uncropped;
 the PCK threshold is the target bounding box. The list is written once, atomically, as a DHF-schema
 JSON under ``<root>/.corrbench/cub/`` (or the user cache when the dataset folder is read-only) with a
 sidecar recording the rule and checksums, and reused on later runs.
 
-``cub.crop=bbox`` (not the paper's protocol, paper-protocol.md §7.2) adds the ACSM-style crop that
-ASIC's ``datasets/cub.py`` describes (dataset-formats.md §3.2) on top of that list: see
+``cub.crop=bbox`` (not the paper's protocol) adds the ACSM-style crop that ASIC's ``datasets/cub.py``
+describes (docs/datasets.md#cub-crops) on top of that list: see
 :func:`crop_geometry` and :func:`ensure_cropped`. Each image the list uses is cropped once to a 256 × 256
 PNG and a second DHF-schema list with the transformed keypoints and boxes points at the crops; both live
 in a folder beside the list (``<list stem>.crop-bbox-v1/``) and are reused on later runs.
@@ -41,7 +41,7 @@ from corrbench.options import Option
 from corrbench.errors import DataError, MissingDataError, UsageError
 
 CUB_URL = "https://data.caltech.edu/records/65de6-vp158/files/CUB_200_2011.tgz"
-EXPECTED = {"images": 11788, "classes": 200, "train": 5994, "test": 5794}  # unverified (dataset-formats.md §3.1)
+EXPECTED = {"images": 11788, "classes": 200, "train": 5994, "test": 5794}  # unverified (docs/datasets.md#cub-200-2011)
 REQUIRED_FILES = ("images.txt", "image_class_labels.txt", "train_test_split.txt", "bounding_boxes.txt",
                   "parts/part_locs.txt")
 PROTOCOL_RULE = ("ordered pairs of distinct images of one class from the split, >= 1 mutually visible part, "

@@ -1,6 +1,6 @@
 """Pair lists in the Diffusion Hyperfeatures (DHF) annotation schema, with an image root.
 
-The schema (dataset-formats.md §2) is one JSON array of objects::
+The schema (docs/datasets.md#dhf-json-pair-lists) is one JSON array of objects::
 
     {"source_path": "cat/2008_000123.jpg", "target_path": "cat/2009_004567.jpg",
      "source_points": [[x, y], ...], "target_points": [[x, y], ...], "category": "cat",

@@ -1,7 +1,7 @@
 """The 360-pair SPair-71k subsets published by the DHF authors, fetched on first use and checksummed.
 
 The files are not committed here (the DHF repository has no licence). They are downloaded from the
-repository's raw-file URL, verified against the sha256 in paper-protocol.md §7.1 and cached under
+repository's raw-file URL, verified against the sha256 in docs/datasets.md#dhf-360-pair-lists and cached under
 ``<SPair root>/.corrbench/dhf/`` (or ``$CORRBENCH_CACHE/annotations/dhf/`` when the dataset folder is
 read-only). ``CORRBENCH_DHF_ANNOTATIONS_URL`` replaces the base URL (a mirror, or a test server).
 """

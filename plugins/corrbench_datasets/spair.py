@@ -29,7 +29,7 @@ SPAIR_CATEGORIES = (
     "motorbike", "person", "pottedplant", "sheep", "train", "tvmonitor",
 )
 STANDARD_SPLITS = ("trn", "val", "test")
-# Published counts (dataset-formats.md §1.5; unverified against the real files): `verify` compares with them.
+# Published counts (docs/datasets.md#spair-71k; unverified against the real files): `verify` compares with them.
 EXPECTED_PAIRS = {"trn": 53340, "val": 5384, "test": 12234}
 EXPECTED_IMAGES = 1800
 FLAG_KEYS = ("viewpoint_variation", "scale_variation", "truncation", "occlusion", "mirror")

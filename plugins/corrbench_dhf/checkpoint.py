@@ -1,4 +1,4 @@
-"""Reading and writing aggregation-network checkpoints (paper-protocol §4).
+"""Reading and writing aggregation-network checkpoints (docs/methods.md#checkpoint-format).
 
 The official format is a ``torch.save`` dict with ``step``, ``config``, ``aggregation_network`` (the
 state dict) and ``optimizer_state_dict``. corrbench reads it with ``torch.load(weights_only=True)``
@@ -91,7 +91,7 @@ def infer_architecture(state_dict: dict[str, torch.Tensor], source: str = "check
 
 
 def expected_shapes(layer_channels: Sequence[int], num_timesteps: int, projection_dim: int) -> dict[str, tuple]:
-    """The exact key → shape table of paper-protocol §4 for an architecture."""
+    """The exact key → shape table (docs/methods.md#checkpoint-format) for an architecture."""
     width = projection_dim // 4
     shapes: dict[str, tuple] = {"mixing_weights": (len(layer_channels) * num_timesteps,)}
     for l, c in enumerate(layer_channels):

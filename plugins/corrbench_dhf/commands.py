@@ -112,7 +112,7 @@ def _val_split(ds_cls, requested: str | None) -> str | None:
                    "<dataset>.<key>.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def train_dhf(device: str, **opts: Any) -> None:
-    """Train the Diffusion Hyperfeatures aggregation network (paper-protocol §5).
+    """Train the Diffusion Hyperfeatures aggregation network (docs/methods.md#training-dhf).
 
     Under torchrun (or any launcher that sets WORLD_SIZE/RANK/MASTER_ADDR/MASTER_PORT) the processes
     train one network with DistributedDataParallel (NCCL on CUDA, gloo on CPU); rank 0 writes the files.

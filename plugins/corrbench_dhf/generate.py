@@ -1,4 +1,4 @@
-"""Synthetic transfer (paper-protocol §8): generate image pairs and match them with hyperfeatures.
+"""Synthetic transfer (docs/methods.md#generation): generate image pairs and match them with hyperfeatures.
 
 Two images per prompt from different noise (DHF's batch of 2), 50-step DDIM with classifier-free
 guidance; the features of the *conditional* pass stream into the network trained on real-image

@@ -1,7 +1,8 @@
 """The DHF table rows: ``dhf``, ``dhf-one-step``, ``dhf-sd21``, ``sd-layer-pruned`` and ``dhf-pruned``.
 
-Each runs the shared SD pipeline of ``corrbench_sd`` (paper-protocol §2) and streams every captured
-map straight into the aggregation network (§3), so the 11 × 10,560-channel stack never exists.
+Each runs the shared SD pipeline of ``corrbench_sd`` (docs/methods.md#stable-diffusion-features) and streams every
+captured map straight into the aggregation network (docs/methods.md#aggregation-network), so the
+11 × 10,560-channel stack never exists.
 
 Config: the ``sd`` namespace keys come from ``corrbench_sd`` (model, dtype, latent, seed, ...), except
 ``sd.weights``: a DHF method's own ``weights`` key names the *aggregation network* (``dhf.weights``),

@@ -1,4 +1,4 @@
-"""The Diffusion Hyperfeatures aggregation network (paper-protocol §3) and its streaming form.
+"""The Diffusion Hyperfeatures aggregation network (docs/methods.md#aggregation-network) and its streaming form.
 
 Module names follow the official code exactly (``bottleneck_layers.{l}.0.{shortcut,conv1,conv2,conv3}``
 with a ``.norm`` child, ``mixing_weights``) so that the released checkpoints load with ``strict=True``.

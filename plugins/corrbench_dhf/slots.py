@@ -1,6 +1,7 @@
 """Naming mixing slots: slot index → (timestep slot, layer) → saved step index, UNet timestep, SD module.
 
-Computed from the slot order (timestep-major, paper-protocol §2.4) and the DDIM arithmetic of §2.3,
+Computed from the slot order (timestep-major, docs/methods.md#the-12-decoder-layers) and the DDIM
+arithmetic (docs/methods.md#ddim-inversion),
 never from the checkpoints' ``mixing_weights_names`` (pitfall P1). Needs no torch or diffusers, so
 plots and reports can label slots cheaply.
 """

@@ -41,4 +41,9 @@ def tiny_dhf_config(workdir: str | Path, *, with_checkpoint: bool = True, seed: 
     sd = tiny_sd_config(workdir, seed)
     cfg = {k: v for k, v in sd.items() if k not in ("weights", "raw_indices")}  # DHF saves its network's steps
     cfg["weights"] = str(tiny_checkpoint(workdir, seed)) if with_checkpoint else "random"
+    # at 64 px the tiny UNet's first up block works on a 1 × 1 latent, so layers 1–3 arrive as
+    # constant maps; the bottleneck's one-channel GroupNorm then divides float32 round-off by a zero
+    # variance and the output is noise that changes with the batch and the CPU. 128 px gives those
+    # layers a 2 × 2 map and well-conditioned features (batch-independent to 1e-6).
+    cfg["image_size"] = 128
     return cfg

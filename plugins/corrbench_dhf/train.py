@@ -1,4 +1,4 @@
-"""Training the aggregation network (paper-protocol §5), resumable and testable with fake features.
+"""Training the aggregation network (docs/methods.md#training-dhf), resumable and testable with fake features.
 
 One step = one image pair by default: both images go through the feature source (the SD inversion in
 real use), whose captured maps stream into the network with autograd on; the loss is the CLIP-style

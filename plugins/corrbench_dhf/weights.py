@@ -13,7 +13,7 @@ from pathlib import Path
 from corrbench.errors import WeightsError
 
 HF_REPO = "g-luo/diffusion-hyperfeatures"
-#: released file per method (paper-protocol §4); the pruned rows read the "Ours" network
+#: released file per method (docs/methods.md#diffusion-hyperfeatures); the pruned rows read the "Ours" network
 RELEASED_FILES = {
     "dhf": "weights/aggregation_network.pt",
     "dhf-one-step": "weights/aggregation_network_one-step.pt",

@@ -1,4 +1,4 @@
-"""The frozen ImageNet ResNet of HPF/DHPF and its candidate feature maps (baselines.md A2–A3).
+"""The frozen ImageNet ResNet of HPF/DHPF and its candidate feature maps (docs/methods.md#dhpf-and-hpf).
 
 Candidate ids: 0 is the stem (conv1 → bn1 → ReLU → max-pool), id k ≥ 1 is the k-th bottleneck counted
 across the four stages (``layer1[0]`` is id 1): 34 ids for ResNet-101, 17 for ResNet-50. A bottleneck's

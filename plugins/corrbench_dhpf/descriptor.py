@@ -8,10 +8,10 @@ harness' nearest-neighbour readout (``readout=nn``, :func:`corrbench.readout.nn_
 
 - ``dhpf`` (Min et al., ECCV 2020): ImageNet-V1 ResNet-101, 34 candidate layers, learned 1×1 feature
   transforms and pair-conditioned gates from the authors' checkpoint, 240×240 square input, 60×60
-  hyperimage, score ReLU(cos)², mutual-NN re-weighting before transfer (baselines.md A1–A7).
+  hyperimage, score ReLU(cos)², mutual-NN re-weighting before transfer (docs/methods.md#dhpf-and-hpf).
 - ``hpf`` (Min et al., ICCV 2019): the same backbone with the published, fixed layer list on raw
   (pre-ReLU) features, no learned part: long side 300, hyperimage on the first layer's grid, score
-  ReLU(cos)³, boxes pruned at the border, no mutual-NN step (baselines.md A8).
+  ReLU(cos)³, boxes pruned at the border, no mutual-NN step (docs/methods.md#dhpf-and-hpf).
 """
 
 from __future__ import annotations
@@ -248,7 +248,8 @@ class DHPFDescriptor(_Hyperpixels):
         return info
 
 
-#: HPF's published layer ids (hpf README, baselines.md A8), by backbone and the benchmark they were searched on
+#: HPF's published layer ids (hpf README; docs/methods.md#dhpf-and-hpf), by backbone and the benchmark
+#: they were searched on
 HPF_LAYERS = {
     "resnet50": {"spair": (0, 9, 10, 11, 12, 13), "pfpascal": (2, 7, 11, 12, 13)},
     "resnet101": {"spair": (0, 8, 20, 21, 26, 28, 29, 30), "pfpascal": (2, 17, 21, 22, 25, 26, 28)},

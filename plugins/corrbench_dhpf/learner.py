@@ -1,4 +1,4 @@
-"""DHPF's learned part: per-layer feature transforms (CFT) and pair-conditioned gates (baselines.md A1, A5, A7).
+"""DHPF's learned part: per-layer feature transforms (CFT) and pair-conditioned gates (docs/methods.md#dhpf-and-hpf).
 
 For every candidate layer l with C_l channels:
 

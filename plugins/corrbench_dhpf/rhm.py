@@ -1,4 +1,4 @@
-"""Hyperpixel geometry, Regularized Hough Matching and keypoint transfer (baselines.md A6, A8).
+"""Hyperpixel geometry, Regularized Hough Matching and keypoint transfer (docs/methods.md#dhpf-and-hpf).
 
 Hyperpixels live on a grid with ``jump`` pixels between cells; cell (x, y) owns the box
 [jump·x − rf//2, jump·y − rf//2, jump·x + rf//2, jump·y + rf//2], centred at (jump·x, jump·y) (DHPF: jump 4,

@@ -1,4 +1,4 @@
-"""dino-vit-features' log-binning of a descriptor map (baselines.md B4), vectorised.
+"""dino-vit-features' log-binning of a descriptor map (docs/methods.md#dino-and-dinov2), vectorised.
 
 For level k = 0 … hierarchy−1 with spacing s = 3^k the map is average-pooled with a s×s window
 (stride 1, only in-image cells counted; level 0 is the map itself) and sampled at the nine offsets

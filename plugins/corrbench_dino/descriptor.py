@@ -3,7 +3,8 @@
 Both are :class:`~corrbench.PairConditionedDescriptor` s for one reason: the dino-vit-features readout
 (``predict_mode=patch_center``, the default) predicts the centre of the best target *patch*, which the
 core's pixel-level nearest-neighbour readout cannot express. ``predict_mode=upsample_nn`` hands the
-same descriptors to the core readout (:func:`corrbench.readout.nn_transfer`, DHF §7.3) instead.
+same descriptors to the core readout (:func:`corrbench.readout.nn_transfer`,
+docs/protocol.md#nearest-neighbour-readout) instead.
 
 What is cached per image is the facet map *before* log-binning (384 channels for ViT-S). Binning is a
 fixed, parameter-free pooling (:mod:`.binning`), applied when a pair is matched: the 6,528-channel

@@ -5,7 +5,7 @@ Names accepted by ``dino.model`` / ``dinov2.model``:
 - the authors' torch.hub names (``dino_vits8``, ``dinov2_vitb14_reg`` ...), mapped to timm's tagged names;
 - timm names with a tag (``vit_small_patch8_224.dino``), used as given;
 - bare timm architectures. Those in the table below get the DINO/DINOv2 tag, because timm's *default*
-  tag for e.g. ``vit_base_patch8_224`` is a supervised AugReg model, not DINO (baselines.md B1); any
+  tag for e.g. ``vit_base_patch8_224`` is a supervised AugReg model, not DINO (docs/methods.md#dino-and-dinov2); any
   other timm ViT (``test_vit`` for instance) is used with timm's default tag.
 
 Imports no torch or timm at module level: listing methods stays cheap.
@@ -37,7 +37,7 @@ class ViTSpec:
 
 
 _FB = "https://dl.fbaipublicfiles.com"
-#: torch.hub name → (timm arch, tag, release checkpoint). DINO: baselines.md B1; DINOv2: conventions.md §3.4.
+#: torch.hub name → (timm arch, tag, release checkpoint). See docs/methods.md#dino-and-dinov2.
 KNOWN: dict[str, tuple[str, str, str]] = {
     "dino_vits8": ("vit_small_patch8_224", "dino", f"{_FB}/dino/dino_deitsmall8_pretrain/dino_deitsmall8_pretrain.pth"),
     "dino_vits16": ("vit_small_patch16_224", "dino",

@@ -1,6 +1,6 @@
 """dino-vit-features' keypoint transfer: the patch that holds the keypoint, cosine argmax, patch centre.
 
-The authors' PCK recipe (dino-vit-features issue #8, paper-protocol.md §6.1): take the patch containing
+The authors' PCK recipe (dino-vit-features issue #8; docs/methods.md#dino-and-dinov2): take the patch containing
 the source keypoint, compare its descriptor by cosine with every target descriptor, and predict the
 centre pixel of the best target patch. With overlapping patches a pixel lies in several; the one whose
 centre is nearest is taken. Centres come from the maps' :class:`~corrbench.FeatureGrid`

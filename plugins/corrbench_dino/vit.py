@@ -1,6 +1,6 @@
 """dino-vit-features facets from a timm ViT: reduced stride, DINO positional interpolation, hooks.
 
-What is re-implemented here (baselines.md B2–B3), and why:
+What is re-implemented here (docs/methods.md#dino-and-dinov2), and why:
 
 - **Stride.** The patch-embedding convolution runs with stride ``s`` instead of ``p`` (kernel ``p``, no
   padding), so patches overlap: the grid is ``1 + (H - p) // s`` by ``1 + (W - p) // s``. timm derives its

@@ -14,11 +14,11 @@ from typing import Any
 
 SD15 = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 SD21 = "stabilityai/stable-diffusion-2-1-base"
-#: The removed original id of SD-1.5, still found in old configs (paper-protocol §2.1).
+#: The removed original id of SD-1.5, still found in old configs (docs/protocol.md#p8-diffusers-api-drift).
 SD15_LEGACY = "runwayml/stable-diffusion-v1-5"
 
 #: The DDIM configuration DHF builds for inversion and generation, whatever the model's own scheduler
-#: (paper-protocol §2.3): 1000 steps, scaled-linear β 0.00085 → 0.012, ``steps_offset`` 0, "leading"
+#: (docs/methods.md#ddim-inversion): 1000 steps, scaled-linear β 0.00085 → 0.012, ``steps_offset`` 0, "leading"
 #: spacing, so 50 steps give 980, 960, …, 20, 0.
 PAPER_DDIM_CONFIG: dict[str, Any] = {
     "num_train_timesteps": 1000,

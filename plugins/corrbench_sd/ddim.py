@@ -2,7 +2,8 @@
 
 DHF does not call a diffusers scheduler's ``step``: it runs its own loop over ᾱ values in which the
 first inversion step feeds the *clean* latent to the UNet at timestep −1 (ᾱ(−1) = 1), see
-paper-protocol §2.3 and pitfalls P4/P5. This module reproduces that loop's numbers. β, ᾱ and the
+docs/methods.md#ddim-inversion and pitfalls P4/P5 (docs/protocol.md#p4-unet-timestep-minus-one,
+docs/protocol.md#p5-no-unet-call-at-980). This module reproduces that loop's numbers. β, ᾱ and the
 timesteps come from diffusers' ``DDIMScheduler`` built with the paper's configuration.
 """
 

@@ -1,6 +1,7 @@
 """Stable Diffusion decoder features during DDIM inversion (real images) or generation (prompts).
 
-Exactly DHF's pipeline (paper-protocol §2, §8): images in [0, 1] → [−1, 1] → bilinear to
+Exactly DHF's pipeline (docs/methods.md#stable-diffusion-features and docs/methods.md#generation):
+images in [0, 1] → [−1, 1] → bilinear to
 ``image_size`` (512) → VAE encode, a sample seeded by (seed, image content) (or the mode) × scaling
 factor (0.18215) → ``num_steps``
 (50) DDIM inversion steps with η = 0, empty prompt, no guidance, UNet timestep −1 at the first step →
@@ -25,7 +26,7 @@ from .speed import as_bool, check_channels_last, compile_mode, is_compiled, padd
 
 __all__ = ["LAYERS", "PAPER_SAVE_INDICES", "SD15", "SD21", "SDFeatureExtractor", "LATENT_MODES", "posterior_seed"]
 
-#: DHF's 12 decoder layers, named 1 … 12 in this order (paper-protocol §2.4).
+#: DHF's 12 decoder layers, named 1 … 12 in this order (docs/methods.md#the-12-decoder-layers).
 LAYERS: tuple[tuple[int, int], ...] = ((0, 0), (0, 1), (0, 2), (1, 0), (1, 1), (1, 2),
                                        (2, 0), (2, 1), (2, 2), (3, 0), (3, 1), (3, 2))
 #: DHF's saved step indices, clean first (slot s = position in this tuple; UNet t = −1, 60, …, 960).
@@ -221,7 +222,8 @@ class SDFeatureExtractor:
 
         Generation step i runs the UNet at t = 980 − 20 i (50 steps) and stores index k = i; slots follow
         ``save_indices``, so with the paper's indices slot 0 is the last, cleanest step (t = 0) and the
-        slots line up with inversion order (paper-protocol §8, pitfall P9: t = 0, 80, …, 980 against
+        slots line up with inversion order (docs/protocol.md#p9-generation-inversion-slot-offset:
+        t = 0, 80, …, 980 against
         inversion's −1, 60, …, 960). Classifier-free guidance runs the unconditional and conditional
         passes as one batch; ``guidance`` < 0 (DHF's −1) or = 1 runs the conditional pass alone.
         Returns the decoded images, B×3×image_size×image_size float32 in [0, 1].

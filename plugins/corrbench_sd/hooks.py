@@ -1,7 +1,7 @@
 """Forward hooks on the UNet decoder's ``up_blocks[i].resnets[j].conv2`` (DHF's feature tensor).
 
 The conv2 output is the ResNet block's residual branch before the shortcut is added and before the
-division by ``output_scale_factor`` (paper-protocol §2.4, pitfall P3). Hooks replace DHF's copied
+division by ``output_scale_factor`` (docs/protocol.md#p3-conv2-output-not-block-output). Hooks replace DHF's copied
 ``forward`` (which breaks across diffusers versions, P8); they are registered inside a context manager
 and always removed, also when the UNet raises.
 

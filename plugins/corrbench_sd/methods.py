@@ -1,6 +1,7 @@
 """Raw Stable Diffusion feature descriptors: ``sd-layer-4``, ``sd-concat-all`` and ``sd-layer``.
 
-All three run the shared pipeline of paper-protocol §2 (square 224 load → 512 → VAE → DDIM inversion
+All three run the shared pipeline of docs/methods.md#stable-diffusion-features (square 224 load →
+512 → VAE → DDIM inversion
 with conv2 hooks → 64 × 64 maps) and hand a B×C×64×64 map to the core's nearest-neighbour readout,
 which upsamples it bilinearly to the load size exactly as DHF does (a spanning FeatureGrid).
 
@@ -65,9 +66,12 @@ SD_SHARED_OPTIONS: dict[str, Option] = {
                       "weights, for offline tests", choices=("pretrained", "random")),
     "dtype": Option(SD_SHARED_DEFAULTS["dtype"], str, "UNet/VAE dtype: auto = float16 on CUDA, float32 on CPU",
                     check=_dtype_name),
-    "latent": Option(SD_SHARED_DEFAULTS["latent"], str, "sample = seeded VAE posterior draw (paper), "
-                     "mode = the posterior mean", choices=("sample", "mode")),
-    "seed": Option(SD_SHARED_DEFAULTS["seed"], int, "seed of the posterior draw", min=0),
+    "latent": Option(SD_SHARED_DEFAULTS["latent"], str, "sample = seeded VAE posterior draw (paper), one per "
+                     "image from a CPU generator seeded by sd.seed and a sha256 of the image's float32 pixels "
+                     "(different images, different noise; batch- and device-independent); mode = the posterior "
+                     "mean", choices=("sample", "mode")),
+    "seed": Option(SD_SHARED_DEFAULTS["seed"], int, "seed of the posterior draw (combined with each image's "
+                   "content hash)", min=0),
     "num_steps": Option(SD_SHARED_DEFAULTS["num_steps"], int, "DDIM inversion steps", min=1, max=1000),
     "image_size": Option(SD_SHARED_DEFAULTS["image_size"], int, "UNet input side in pixels (load → bilinear → it)",
                          min=8, multiple_of=8),
@@ -78,7 +82,7 @@ SD_SHARED_OPTIONS: dict[str, Option] = {
     "compile": Option(SD_SHARED_DEFAULTS["compile"], "json", "torch.compile the UNet: true "
                       "(max-autotune-no-cudagraphs), false or a torch.compile mode name", check=_compile_value),
     "channels_last": Option(SD_SHARED_DEFAULTS["channels_last"], bool, "channels-last UNet weights and inputs "
-                            "(CUDA only)"),
+                            "(CUDA only: refused on CPU, where GroupNorm on channels-last float32 loses precision)"),
 }
 #: Keys that change the speed of extraction, never its result: left out of the feature-cache key.
 SD_RUNTIME_KEYS: tuple[str, ...] = ("compile", "channels_last")

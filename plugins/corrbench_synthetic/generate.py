@@ -1,4 +1,4 @@
-"""Render the synthetic benchmark and write it in the SPair-71k layout (dataset-formats.md §1).
+"""Render the synthetic benchmark and write it in the SPair-71k layout (docs/datasets.md#spair-71k).
 
 Everything derives from one seed, so the same files come out on every machine: an instance's
 proportions and colours, its pose (in-plane rotation, mirroring for side-view categories), scale,
