@@ -252,8 +252,8 @@ def invoke(command: click.Command, argv: list[str] | None = None, prog: str = "c
         rc = command.main(args=args, prog_name=prog, standalone_mode=False)
     except click.exceptions.Exit as exc:
         return exc.exit_code
-    except click.exceptions.Abort:
-        click.echo("aborted", err=True)
+    except click.exceptions.Abort:  # click turns Ctrl-C inside a command into Abort
+        click.echo("interrupted", err=True)
         return 130
     except click.ClickException as exc:
         exc.show()

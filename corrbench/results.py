@@ -96,7 +96,8 @@ def load_run(run_dir: Path) -> tuple[dict[str, Any], pd.DataFrame]:
     except (json.JSONDecodeError, pd.errors.ParserError, UnicodeDecodeError) as exc:
         raise CorrbenchError(f"{run_dir}: cannot read results: {exc}") from exc
     if not isinstance(results, dict) or not isinstance(results.get("methods", {}), dict):
-        raise CorrbenchError(f"{results_path}: not a corrbench results file (expected an object with a 'methods' object)")
+        raise CorrbenchError(f"{results_path}: not a corrbench results file "
+                             "(expected an object with a 'methods' object)")
     missing = set(SUMMARY_COLUMNS) - set(summary.columns)
     if missing:
         raise CorrbenchError(f"{summary_path}: missing columns {', '.join(sorted(missing))}")

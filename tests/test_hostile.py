@@ -19,7 +19,8 @@ import pytest
 import torch
 
 from corrbench.errors import WeightsError
-from test_exit_codes import CORRBENCH, assert_one_line_error, corrbench, error_lines, home  # noqa: F401  (home: fixture)
+from test_exit_codes import CORRBENCH, assert_one_line_error, corrbench, error_lines
+from test_exit_codes import home  # noqa: F401,F811  (a fixture)
 
 
 def assert_nothing_half_written(*folders: Path) -> None:
@@ -152,8 +153,8 @@ def test_dino_and_dhpf_loaders_name_the_problem(tmp_path, kind):
     path, needle = _bad_weights(tmp_path)[kind]
     model = torch.nn.Linear(4, 6)
     model.channels = [4]  # what the DHPF loader reads for its hint
-    for load, foreign in ((lambda: dino_load(model, path, SimpleNamespace(arch="tiny", hf_hub_id="x", release_url=None)),
-                           "does not fit the tiny architecture"),
+    spec = SimpleNamespace(arch="tiny", hf_hub_id="x", release_url=None)
+    for load, foreign in ((lambda: dino_load(model, path, spec), "does not fit the tiny architecture"),
                           (lambda: dhpf_load(model, path), "is not a DHPF learner")):
         with pytest.raises(WeightsError, match=foreign if kind == "foreign" else needle) as err:
             load()
