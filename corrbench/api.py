@@ -21,6 +21,8 @@ from .options import Option, coerce_config, declare
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
+    from .requirements import Requirement
+
 
 # --------------------------------------------------------------------------------------------
 # Geometry
@@ -219,6 +221,18 @@ class Descriptor:
     def run_info(self) -> dict[str, Any]:
         """Extra facts recorded in results.json (e.g. the checkpoint's stored config)."""
         return {}
+
+    #: rough seconds of work, for ``corrbench reproduce``'s time estimate: ``{"image": (gpu, cpu)}`` per image
+    #: extracted and ``{"pair": (gpu, cpu)}`` per pair read out; a missing entry uses the core's generic figures
+    cost_estimate: ClassVar[dict[str, tuple[float, float]]] = {}
+
+    def requirements(self) -> "list[Requirement]":
+        """The weights this configuration needs, looked up without downloading or loading anything.
+
+        ``corrbench reproduce`` lists them in its plan and stops before any work while one is missing
+        (see :mod:`corrbench.requirements` and docs/plugins.md). Default: nothing to check (``[]``).
+        """
+        return []
 
     def shared_pass(self) -> "SharedPass | None":
         """The expensive computation this method shares with others, or None (the default).
@@ -524,6 +538,22 @@ class Dataset:
         finally:
             self.skip_invalid = skip
         return self.skipped + found
+
+    def requirements(self) -> "list[Requirement]":
+        """What this dataset needs on disk, checked without downloading or generating anything.
+
+        Default: the root folder must exist (with ``how_to_get`` as the fix). See :mod:`corrbench.requirements`.
+        """
+        from .requirements import root_requirement
+
+        return [root_requirement(self.name, self.root, self.how_to_get)]
+
+    def pair_counts(self) -> tuple[int, int] | None:
+        """(pairs, distinct images) of the split when cheap to know (a pair list on disk), else None.
+
+        Called after :meth:`prepare` by ``corrbench reproduce`` for its time estimate; never reads images.
+        """
+        return None
 
     def protocol(self) -> dict[str, Any]:
         """Facts about the evaluation protocol recorded in results.json (pair list file, sha256...)."""

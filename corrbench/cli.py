@@ -164,7 +164,8 @@ def plugins(hook: str | None) -> None:
         if hook:
             impls = getattr(host.pm.hook, hook, None)
             if impls is None:
-                raise UsageError(f"unknown hook {hook!r}; hooks: register_methods, register_datasets, register_commands")
+                raise UsageError(f"unknown hook {hook!r}; hooks: register_methods, register_datasets, register_tables, "
+                                 "register_commands")
             if not any(i.plugin_name == info.name for i in impls.get_hookimpls()):
                 continue
         rows.append(info.as_dict())

@@ -38,6 +38,10 @@ class UnknownDatasetError(UnknownNameError):
     kind = "dataset"
 
 
+class UnknownTableError(UnknownNameError):
+    kind = "table"
+
+
 class DataError(CorrbenchError):
     """A dataset file that is missing, unreadable or malformed. The message names the file."""
 

@@ -39,5 +39,18 @@ def register_datasets(register):
 
 
 @hookspec
+def register_tables(register):
+    """Register published comparison tables for ``corrbench reproduce <name>``.
+
+    ``register(table)`` with a :class:`corrbench.reproduce.TableSpec` (its ``name`` is the command's
+    argument), or ``register(name, "module:TABLE", description="...")`` for a lazily imported one. A table
+    is plugin data: its rows (method id + the paper's settings), datasets (with the paper's split and
+    protocol), metric, the published numbers and their source. Every method and dataset it names is
+    looked up through the registries when it runs; a row whose plugin is missing is reported, not fatal.
+    See docs/plugins.md and docs/reproduce.md.
+    """
+
+
+@hookspec
 def register_commands(cli):
     """Add click commands to the ``corrbench`` command group (``cli.add_command`` or ``@cli.command``)."""

@@ -22,7 +22,7 @@ import pluggy
 
 from . import hookspecs
 from .errors import CorrbenchError
-from .registry import DatasetRegistry, MethodRegistry, make_register
+from .registry import DatasetRegistry, MethodRegistry, TableRegistry, make_register
 
 ENTRY_POINT_GROUP = "corrbench"
 
@@ -40,6 +40,7 @@ class PluginInfo:
     methods: list[str] = field(default_factory=list)
     datasets: list[str] = field(default_factory=list)
     commands: list[str] = field(default_factory=list)
+    tables: list[str] = field(default_factory=list)
     error: str = ""
 
     def as_dict(self) -> dict[str, Any]:
@@ -62,6 +63,7 @@ class PluginHost:
         self.pm.add_hookspecs(hookspecs)
         self.methods = MethodRegistry("method")
         self.datasets = DatasetRegistry("dataset")
+        self.tables = TableRegistry("table")
         self.plugins: dict[str, PluginInfo] = {}
         self.problems: list[str] = []
 
@@ -108,7 +110,8 @@ class PluginHost:
             self._fail(info, "has invalid hooks", exc)
             return
         for hook_name, registry, bucket in (("register_methods", self.methods, info.methods),
-                                            ("register_datasets", self.datasets, info.datasets)):
+                                            ("register_datasets", self.datasets, info.datasets),
+                                            ("register_tables", self.tables, info.tables)):
             for impl in getattr(self.pm.hook, hook_name).get_hookimpls():
                 if impl.plugin_name != name:
                     continue
@@ -119,11 +122,13 @@ class PluginHost:
                     registry.remove_plugin(name)
                     bucket.clear()
                     self._fail(info, f"failed in {hook_name}", exc)
-        self.problems.extend(self.methods.clashes + self.datasets.clashes)
-        for clash in self.methods.clashes + self.datasets.clashes:
+        clashes = self.methods.clashes + self.datasets.clashes + self.tables.clashes
+        self.problems.extend(clashes)
+        for clash in clashes:
             warnings.warn(clash, PluginWarning, stacklevel=2)
         self.methods.clashes.clear()
         self.datasets.clashes.clear()
+        self.tables.clashes.clear()
 
     def add_commands(self, cli) -> None:
         for impl in self.pm.hook.register_commands.get_hookimpls():

@@ -156,13 +156,13 @@ def match_margins(cos: torch.Tensor, idx: torch.Tensor | None = None) -> torch.T
     A margin is ``inf`` when there is no such competitor (a map of one pixel, or of at most 3×3).
     """
     n, H, W = cos.shape
+    if n == 0:
+        return torch.zeros(0, 2, dtype=torch.float64)
     flat = cos.reshape(n, -1).double()
     if idx is None:
         idx = flat.argmax(dim=1)
     best = flat.gather(1, idx[:, None])[:, 0]
     inf = torch.full_like(best, float("inf"))
-    if n == 0:
-        return torch.zeros(0, 2, dtype=torch.float64)
     if H * W < 2:
         return torch.stack([inf, inf], dim=1)
     masked = flat.clone()

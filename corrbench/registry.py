@@ -11,7 +11,7 @@ import importlib
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import CorrbenchError, UnknownDatasetError, UnknownMethodError, UnknownNameError
+from .errors import CorrbenchError, UnknownDatasetError, UnknownMethodError, UnknownNameError, UnknownTableError
 
 
 def describe(obj: Any) -> str:
@@ -128,6 +128,12 @@ class MethodRegistry(Registry):
 
 class DatasetRegistry(Registry):
     error_cls = UnknownDatasetError
+
+
+class TableRegistry(Registry):
+    """Published comparison tables (``register_tables``): ``corrbench reproduce <name>``."""
+
+    error_cls = UnknownTableError
 
 
 def make_register(registry: Registry, plugin: str, added: list[str]):

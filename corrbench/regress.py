@@ -53,8 +53,8 @@ TOLERANCE = 0.1
 #: near-tie threshold on the cosine-similarity margins of a match (cosines lie in [-1, 1]). Measured on the
 #: lane between ATEN_CPU_CAPABILITY=default and avx2 and 1 or 2 threads: any single similarity moved by at
 #: most 1.0e-4 (sd-layer-4, whose float16-cached features flip a rounding step now and then; the float32
-#: methods ≤ 2.3e-5) and any margin by at most 1.5e-5. A match can only move when its margin changes by
-#: more than the margin itself, so 1e-3 is 5× the worst bound (2 × 1.0e-4) and 67× the worst margin drift.
+#: methods ≤ 2.3e-5) and any margin by at most 2.3e-5. A match can only move when its margin changes by
+#: more than the margin itself, so 1e-3 is 5× the worst bound (2 × 1.0e-4) and 43× the worst margin drift.
 EPS = 1e-3
 SEED = 0
 #: inversion steps of the tiny SD (the paper uses 50; 10 keeps the lane fast) and the DHF slots saved

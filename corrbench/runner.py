@@ -17,6 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -72,6 +73,8 @@ class RunResult:
     breakdown: pd.DataFrame
     results: dict[str, Any]
     table: pd.DataFrame
+    #: one dict per method × pair (what predictions.jsonl holds)
+    predictions: list[dict[str, Any]] = field(default_factory=list)
 
 
 class _FeatureStore:
@@ -334,13 +337,24 @@ def evaluate_method(store: _FeatureStore, pairs: Sequence[Pair], records: dict[P
     return pd.DataFrame(rows), preds, seconds
 
 
-def _split_methods(methods: str | Sequence[str]) -> list[str]:
-    names = [m.strip() for m in (methods.split(",") if isinstance(methods, str) else methods) if m.strip()]
-    if not names:
+def _split_methods(methods: "str | Sequence[str | Descriptor]") -> list["str | Descriptor"]:
+    """Method names (a comma-separated string or a list) and ready :class:`Descriptor` instances."""
+    items = methods.split(",") if isinstance(methods, str) else list(methods)
+    out: list[str | Descriptor] = []
+    for m in items:
+        if isinstance(m, Descriptor):
+            out.append(m)
+        elif isinstance(m, str):
+            if m.strip():
+                out.append(m.strip())
+        else:
+            raise UsageError(f"a method must be a registered name or a corrbench.Descriptor, got {type(m).__name__}")
+    if not out:
         raise UsageError("no methods given")
+    names = [m if isinstance(m, str) else m.name for m in out]
     if len(set(names)) != len(names):
         raise UsageError(f"a method is listed twice in {','.join(names)}")
-    return names
+    return out
 
 
 def run_benchmark(methods: str | Sequence[str], dataset: str, split: str | None = None,
@@ -352,10 +366,15 @@ def run_benchmark(methods: str | Sequence[str], dataset: str, split: str | None 
     """Run ``methods`` on ``dataset`` and (when ``out_dir`` is given) write the results folder."""
     started = time.perf_counter()
     host = get_host()
-    names = _split_methods(methods)
-    method_classes = {}
-    for name in names:
-        entry = host.methods.entry(name)
+    method_classes: dict[str, type] = {}
+    prebuilt: dict[str, Descriptor] = {}  # instances handed in by the Python API, used as they are
+    for item in _split_methods(methods):
+        if isinstance(item, Descriptor):
+            if not item.name:
+                raise UsageError(f"descriptor {type(item).__name__} has no name")
+            prebuilt[item.name] = item
+            continue
+        entry = host.methods.entry(item)
         method_classes[entry.name] = entry.load()
     ds_entry = host.datasets.entry(dataset)
     ds_cls = ds_entry.load()
@@ -379,7 +398,8 @@ def run_benchmark(methods: str | Sequence[str], dataset: str, split: str | None 
     ctx, device = init_from_env(device)
     try:
         return _run(ctx, host, method_classes, method_cfgs, ds_entry, ds_cls, ds_cfg, split, data_root, limit, device,
-                    batch_size, out_dir, cache_dir, no_cache, skip_invalid, compare, alphas, progress, echo, started)
+                    batch_size, out_dir, cache_dir, no_cache, skip_invalid, compare, alphas, progress, echo, started,
+                    prebuilt)
     finally:
         ctx.close()
 
@@ -399,7 +419,8 @@ def _fill(ctx: DistContext, stores: list[_FeatureStore], used: Sequence[ImageRec
 
 
 def _run(ctx: DistContext, host, method_classes, method_cfgs, ds_entry, ds_cls, ds_cfg, split, data_root, limit, device,
-         batch_size, out_dir, cache_dir, no_cache, skip_invalid, compare, alphas, progress, echo, started) -> RunResult:
+         batch_size, out_dir, cache_dir, no_cache, skip_invalid, compare, alphas, progress, echo, started,
+         prebuilt: dict[str, Descriptor] | None = None) -> RunResult:
     if ctx.active and no_cache:
         raise UsageError("--no-cache cannot be used with several processes: ranks share features through the cache")
     progress = progress and ctx.is_main
@@ -421,6 +442,7 @@ def _run(ctx: DistContext, host, method_classes, method_cfgs, ds_entry, ds_cls, 
     try:
         descriptors: dict[str, Descriptor] = {name: cls(config=method_cfgs[name], device=device)
                                               for name, cls in method_classes.items()}
+        descriptors.update(prebuilt or {})
         stores = {}
         for name, d in descriptors.items():
             identity = method_identity(d)
@@ -430,9 +452,9 @@ def _run(ctx: DistContext, host, method_classes, method_cfgs, ds_entry, ds_cls, 
                 if not tmp_cache:
                     tmp_cache = tempfile.mkdtemp(prefix="corrbench-unkeyed-")
                 root = Path(tmp_cache)
-                if echo:
-                    echo(f"{name}: no weights identity (the method declares no weight modules or "
-                         "weights_identity()); its features are recomputed, not cached")
+                warnings.warn(f"{name}: no weights identity (the method declares no weight modules, "
+                              "weight_free or weights_identity()); its features are recomputed, not cached",
+                              stacklevel=2)
             stores[name] = _FeatureStore(d, FeatureCache(root, name, identity), device)
         used = sorted({records[x] for pair in pairs for x in (pair.source, pair.target)}, key=lambda r: r.sha256)
         # methods sharing a pass (one SD inversion for every SD-1.5 row) are extracted together first
@@ -489,7 +511,7 @@ def _run(ctx: DistContext, host, method_classes, method_cfgs, ds_entry, ds_cls, 
             for level, g in table[(table["group"] == "category") & (table["average"] == "point")].groupby("level")
         }
         results_methods[mr.name] = {
-            "plugin": host.methods.entry(mr.name).plugin,
+            "plugin": host.methods.entry(mr.name).plugin if mr.name in method_classes else "(python api)",
             "plugin_version": plugin_code_identity(type(mr.descriptor)),
             "method_version": mr.descriptor.version,
             "config": mr.descriptor.config,
@@ -542,4 +564,5 @@ def _run(ctx: DistContext, host, method_classes, method_cfgs, ds_entry, ds_cls, 
         except OSError as exc:  # disk full, folder removed or made read-only during the run
             raise CorrbenchError(f"could not write the results to {out}: {exc.strerror or exc}"
                                  + (f" ({exc.filename})" if exc.filename else "")) from exc
-    return RunResult(out, summary, breakdown, results, table)
+    return RunResult(out, summary, breakdown, results, table,
+                     [p for mr in method_results for p in mr.predictions])

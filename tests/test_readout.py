@@ -59,3 +59,36 @@ def test_channel_mismatch_is_an_error():
     g = FeatureGrid.spanning((8, 8), (4, 4))
     with pytest.raises(ValueError, match="channels"):
         nn_transfer(torch.randn(3, 4, 4), torch.randn(4, 4, 4), g, g, (8, 8), (8, 8), torch.zeros(1, 2))
+
+
+@pytest.mark.parametrize("C,h,w,load_hw,grid", CASES[:3])
+def test_margins_leave_the_predictions_alone_and_match_the_dense_cosine_map(C, h, w, load_hw, grid):
+    from corrbench.readout import match_margins
+
+    gen = torch.Generator().manual_seed(7 * C + h)
+    src, tgt = torch.randn(C, h, w, generator=gen), torch.randn(C, h, w, generator=gen)
+    g = grid or FeatureGrid.spanning(load_hw, (h, w))
+    H, W = load_hw
+    pts = torch.rand(20, 2, generator=gen) * torch.tensor([W - 1.0, H - 1.0])
+    plain = nn_transfer(src, tgt, g, g, load_hw, load_hw, pts)
+    pred, margins = nn_transfer(src, tgt, g, g, load_hw, load_hw, pts, return_margin=True)
+    assert torch.equal(pred, plain) and margins.shape == (20, 2) and margins.dtype == torch.float64
+    # the reference: true cosines of the upsampled maps, then top-1 minus top-2 / minus the best pixel
+    # more than one pixel (Chebyshev) from the argmax
+    px = source_pixels(pts, load_hw)
+    s = torch.nn.functional.normalize(upsample_reference(src, g, load_hw)[:, px[:, 1], px[:, 0]].T, dim=1)
+    cos = (s @ torch.nn.functional.normalize(upsample_reference(tgt, g, load_hw).reshape(C, -1), dim=0))
+    for i in range(len(pts)):
+        row = cos[i].reshape(H, W)
+        x, y = int(pred[i, 0]), int(pred[i, 1])
+        top2 = row.flatten().topk(2).values
+        far = row.clone()
+        far[max(y - 1, 0):y + 2, max(x - 1, 0):x + 2] = -float("inf")
+        assert margins[i, 0].item() == pytest.approx((top2[0] - top2[1]).item(), abs=1e-9)
+        assert margins[i, 1].item() == pytest.approx((row[y, x] - far.max()).item(), abs=1e-9)
+        assert 0 <= margins[i, 0] <= margins[i, 1]
+    # no competitor farther than a pixel (the best in the middle of a 3×3 map, or a single pixel)
+    m3 = torch.rand(2, 3, 3)
+    m3[:, 1, 1] = 2.0
+    assert torch.isinf(match_margins(m3)[:, 1]).all() and (match_margins(m3)[:, 0] > 0).all()
+    assert torch.isinf(match_margins(torch.rand(2, 1, 1))).all()

@@ -39,6 +39,7 @@ import numpy as np
 from corrbench.api import Dataset, Pair
 from corrbench.options import Option
 from corrbench.errors import DataError, MissingDataError, UsageError
+from corrbench.requirements import Requirement
 
 CUB_URL = "https://data.caltech.edu/records/65de6-vp158/files/CUB_200_2011.tgz"
 EXPECTED = {"images": 11788, "classes": 200, "train": 5994, "test": 5794}  # unverified (docs/datasets.md#cub-200-2011)
@@ -681,6 +682,18 @@ class CUBDataset(Dataset):
             return
         for pair in iter_dhf_pairs(self._list, self.root / "images", invalid=self.invalid):
             yield pair
+
+    def requirements(self) -> list[Requirement]:
+        """The CUB folder (with images.txt) and, when given, the ``cub.pairs`` file; the default list is generated."""
+        from corrbench.requirements import MISSING, root_requirement
+
+        found = root_requirement(self.name, self.root, self.how_to_get, marker="images.txt")
+        if found.blocking:
+            return [found]
+        out = [found]
+        if self.pairs_file is not None and not self.pairs_file.is_file():
+            out.append(Requirement("data", "CUB pair list (cub.pairs)", str(self.pairs_file), MISSING, "file missing"))
+        return out
 
     def protocol(self) -> dict[str, Any]:
         from corrbench.download import sha256_file

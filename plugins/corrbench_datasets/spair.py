@@ -20,6 +20,7 @@ from typing import Any, Callable, Iterator, Sequence
 from corrbench.api import Dataset, Pair
 from corrbench.options import Option
 from corrbench.errors import DataError, MissingDataError, UsageError
+from corrbench.requirements import Requirement
 
 from . import _fields as F
 
@@ -274,6 +275,53 @@ class SPairDataset(Dataset):
         pair.source_size = pair.source_size or ref.source_size
         pair.target_size = pair.target_size or ref.target_size
         self._joined += 1
+
+    # -- requirements (corrbench reproduce's plan; nothing is downloaded) --------------------------
+    def requirements(self) -> list[Requirement]:
+        """The SPair folder (with JPEGImages), and the split's DHF pair list (checksummed) or layout file."""
+        from corrbench.requirements import DOWNLOAD, MISSING, checked_file, offline, root_requirement
+
+        found = root_requirement(self.name, self.root, self.how_to_get, marker="JPEGImages")
+        if found.blocking:
+            return [found]
+        out = [found]
+        lists = _dhf_lists()
+        if self.split in lists:
+            from .dhf_lists import cache_dirs, list_url
+
+            spec = lists[self.split]
+            what = f"DHF pair list {spec.filename}"
+            local = self.pairs_file or next((d / spec.filename for d in cache_dirs(self.root)
+                                             if (d / spec.filename).is_file()), None)
+            if local is not None:
+                out.append(checked_file(what, Path(local), spec.sha256))
+            else:
+                out.append(Requirement("data", what, list_url(self.split), MISSING if offline() else DOWNLOAD,
+                                       "fetched and checksummed on first use; offline, fetch it elsewhere and "
+                                       "pass --set spair.pairs=FILE"))
+        else:
+            layout = self.root / "Layout" / self.layout / f"{self.split}.txt"
+            if not layout.is_file():
+                out.append(Requirement("data", f"SPair split {self.split}", str(layout), MISSING, "file missing"))
+        return out
+
+    def pair_counts(self) -> tuple[int, int] | None:
+        """(pairs, images) of the DHF pair list once it is resolved (after prepare) or verified in the cache."""
+        path = self._resolved_list
+        if path is None and self.split in _dhf_lists():
+            listed = [r for r in self.requirements() if r.what.startswith("DHF pair list")]
+            if listed and listed[0].status == "present":
+                path = Path(listed[0].where)
+        if path is None:
+            return None
+        import json
+
+        try:
+            entries = json.loads(Path(path).read_text(encoding="utf-8"))
+            images = {e["source_path"] for e in entries} | {e["target_path"] for e in entries}
+            return len(entries), len(images)
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
 
     # -- reporting ---------------------------------------------------------------------------
     def protocol(self) -> dict[str, Any]:

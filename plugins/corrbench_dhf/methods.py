@@ -162,6 +162,15 @@ class _DHFBase(corrbench.Descriptor):
         sd = self.sd_weights_identity()
         return f"aggregation={agg}|sd={sd}"
 
+    def requirements(self) -> list[corrbench.Requirement]:
+        """The SD pipeline (``sd.model``, ``sd_weights``) and the aggregation network (``weights``); no download."""
+        from corrbench_sd.requirements import sd_requirement
+
+        from .requirements import dhf_requirement
+
+        return [sd_requirement(self.config["model"], self.config.get("sd_weights", "pretrained")),
+                dhf_requirement(self.config.get("weights"), self.released_file)]
+
     def save_indices(self) -> tuple[int, ...]:
         """The checkpoint's ``save_timestep`` when it fits the network, else the method default."""
         ckpt = self.checkpoint
@@ -235,6 +244,8 @@ class DHF(_DHFBase):
     """Diffusion Hyperfeatures ("Ours"): 12 layers × 11 inversion timesteps through the aggregation network."""
 
     name = "dhf"
+    # rough s/image (24 GB-class GPU, desktop CPU): 50 UNet calls at 512 px (the 11-step inversion)
+    cost_estimate = {"image": (3.5, 200.0)}
     description = "Diffusion Hyperfeatures (Ours): SD-1.5, 12 layers x 11 inversion steps, aggregation network"
 
     def setup(self) -> None:
@@ -294,6 +305,7 @@ class DHFOneStep(DHF):
     """Ours-One-Step: 12 layers of the single clean pass (UNet t = −1 on the clean latent)."""
 
     name = "dhf-one-step"
+    cost_estimate = {"image": (0.2, 8.0)}  # rough s/image (GPU, CPU): one UNet call (the clean pass)
     description = "Ours-One-Step: SD-1.5, 12 layers of the clean pass (t=-1), aggregation network"
     released_file = dhf_weights.RELEASED_FILES["dhf-one-step"]
     tiny_uses_checkpoint = False  # the tiny checkpoint has three slots; one-step needs a one-slot network
@@ -323,6 +335,9 @@ class DHFSD21(DHF):
 
 class _PrunedBase(_DHFBase):
     """One (timestep, layer) slot of the "Ours" network: chosen by mixing-weight argmax or by config."""
+
+    # rough s/image (GPU, CPU): the inversion runs up to the slot, counted as the full 50 UNet calls
+    cost_estimate = {"image": (3.0, 200.0)}
 
     default_config: dict[str, Any] = {
         **_DHFBase.default_config,

@@ -27,6 +27,7 @@ from corrbench.api import FeatureGrid, PairConditionedDescriptor, Preprocess
 from corrbench.errors import UsageError
 from corrbench.hashing import sha256_file_memo
 from corrbench.options import Option
+from corrbench.requirements import Requirement
 
 from . import backbone as bb
 from . import learner as ln
@@ -51,6 +52,28 @@ def _file_identity(spec: str) -> str:
     if not path.is_file():
         return f"file:{path}"
     return f"file:{sha256_file_memo(path)}"
+
+
+def backbone_requirement(backbone: str, spec: str, key: str, option: str = "backbone_weights") -> Requirement:
+    """The ResNet weights: none (random), torchvision's ImageNet-V1 file (torch hub cache) or a local file."""
+    from corrbench.requirements import MISSING, NOT_NEEDED, PRESENT, fetchable, file_requirement
+
+    if spec == "random":
+        return Requirement("weights", f"torchvision {backbone} (random)", "seeded", NOT_NEEDED)
+    if spec != "pretrained":
+        return file_requirement(f"{backbone} backbone weights", spec, f"pass --set {key}.{option}=PATH")
+    import torchvision
+
+    enum = {"resnet50": torchvision.models.ResNet50_Weights,
+            "resnet101": torchvision.models.ResNet101_Weights}.get(backbone)
+    if enum is None:
+        return Requirement("weights", f"torchvision {backbone}", backbone, MISSING,
+                           f"{key}.backbone must be resnet50 or resnet101")
+    url = enum.IMAGENET1K_V1.url
+    path = Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1]
+    return Requirement("weights", f"torchvision {backbone} ImageNet-V1", str(path),
+                       PRESENT if path.is_file() else fetchable(),
+                       "" if path.is_file() else f"not in the torch hub cache; downloaded from {url}")
 
 
 class _Hyperpixels(PairConditionedDescriptor):
@@ -173,6 +196,24 @@ class DHPFDescriptor(_Hyperpixels):
         back = f"torchvision:{self.config['backbone']}:IMAGENET1K_V1" if bw == "pretrained" else \
             "random" if bw == "random" else _file_identity(bw)
         return f"learner={learner};backbone={back}"
+
+    #: rough seconds (24 GB-class GPU, desktop CPU) per image and per pair (RHM is pair-conditioned)
+    cost_estimate: ClassVar[dict[str, tuple[float, float]]] = {"image": (0.05, 1.5), "pair": (0.1, 3.0)}
+
+    def requirements(self) -> list[Requirement]:
+        """The authors' learner checkpoint (a local file, or random) and the ResNet backbone weights."""
+        from corrbench.requirements import MISSING, NOT_NEEDED, file_requirement
+
+        w = self.config.get("weights")
+        if w in (None, ""):
+            out = [Requirement("weights", "DHPF learner checkpoint", "(not set)", MISSING,
+                               f"no local file given; {ln.how_to_get()}")]
+        elif str(w) == "random":
+            out = [Requirement("weights", "DHPF learner (random, untrained)", "seeded", NOT_NEEDED)]
+        else:
+            out = [file_requirement("DHPF learner checkpoint", str(w), ln.how_to_get())]
+        return out + [backbone_requirement(str(self.config.get("backbone", "resnet101")), self._backbone_weights(),
+                                           self.name)]
 
     def setup(self) -> None:
         self.learner = ln.build(self.channels, self.config["weights"]).to(self.device)
@@ -300,6 +341,10 @@ class HPFDescriptor(_Hyperpixels):
         w = str(self.config["weights"])
         return f"torchvision:{self.config['backbone']}:IMAGENET1K_V1" if w == "pretrained" else \
             "random" if w == "random" else _file_identity(w)
+
+    def requirements(self) -> list[Requirement]:
+        """The ResNet backbone weights (``weights``: pretrained, random or a PATH)."""
+        return [backbone_requirement(str(self.config["backbone"]), str(self.config["weights"]), self.name, "weights")]
 
     @classmethod
     def tiny_config(cls, workdir):

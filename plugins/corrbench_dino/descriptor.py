@@ -25,6 +25,7 @@ import torch
 from corrbench.api import FeatureGrid, PairConditionedDescriptor, Preprocess
 from corrbench.errors import UsageError
 from corrbench.options import Option
+from corrbench.requirements import Requirement
 
 from . import models, weights
 from .binning import log_bin, num_bins
@@ -87,6 +88,26 @@ class DinoDescriptor(PairConditionedDescriptor):
 
     def weights_identity(self) -> str:
         return weights.weights_identity(self.spec, self.config["weights"])
+
+    #: rough seconds per image (24 GB-class GPU, desktop CPU) for `corrbench reproduce`'s estimate
+    cost_estimate: ClassVar[dict[str, tuple[float, float]]] = {"image": (0.05, 1.5)}
+
+    def requirements(self) -> list[Requirement]:
+        """The ViT weights: none (random), the timm hub file (looked up in the Hugging Face cache) or a file."""
+        from corrbench.requirements import NOT_NEEDED, PRESENT, fetchable, file_requirement, hf_cached
+
+        w, spec, key = str(self.config["weights"]), self.spec, self.name
+        what = f"ViT {spec.timm_name}"
+        if w == "random":
+            return [Requirement("weights", what + " (random)", "timm architecture", NOT_NEEDED)]
+        if w == "pretrained":
+            found = hf_cached(spec.hf_hub_id, ["model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin"])
+            if found:
+                return [Requirement("weights", what, found, PRESENT)]
+            return [Requirement("weights", what, f"hf://{spec.hf_hub_id}", fetchable(),
+                                f"not in the Hugging Face cache; timm downloads it on first use, or pass "
+                                f"--set {key}.weights=PATH")]
+        return [file_requirement(what, w, f"pass --set {key}.weights=PATH")]
 
     @classmethod
     def tiny_config(cls, workdir):

@@ -180,6 +180,12 @@ class SDDescriptor(corrbench.Descriptor):
                 load=lambda: make_extractor(self.config, self.device).components)
         return self._weights_identity
 
+    def requirements(self) -> list[corrbench.Requirement]:
+        """The SD pipeline of ``sd.model`` in ``sd.weights`` mode (folder, or Hugging Face cache; no download)."""
+        from .requirements import sd_requirement
+
+        return [sd_requirement(self.config["model"], self.config["weights"])]
+
     def run_info(self) -> dict[str, Any]:
         info: dict[str, Any] = {"sd_model": str(self.config["model"]), "weights": self.weights_identity(),
                                 "scheduler": "DDIM (paper config, eta=0, UNet t=-1 first)"}
@@ -258,6 +264,8 @@ class SDLayer4(SDLayer):
     """The paper's SD-Layer-4 row: layer 4 = up_blocks[1].resnets[0], the clean one-step pass."""
 
     name = "sd-layer-4"
+    # rough s/image (24 GB-class GPU, desktop CPU): one UNet call at 512 px (the clean pass)
+    cost_estimate = {"image": (0.15, 8.0)}
     description = "SD-Layer-4 (DHF table): raw conv2 feature of up_blocks[1].resnets[0], clean pass (t=-1)"
 
 
@@ -265,6 +273,7 @@ class SDConcatAll(_SingleTimestepMixin, SDDescriptor):
     """The paper's SD-Concat-All row: the 12 decoder maps of one timestep concatenated (10,560 channels)."""
 
     name = "sd-concat-all"
+    cost_estimate = {"image": (0.2, 8.0)}  # rough s/image (GPU, CPU): the clean pass, 12 maps kept
     description = "SD-Concat-All (DHF table): the 12 decoder conv2 maps of one timestep, concatenated"
     default_config = {
         **SD_SHARED_DEFAULTS,

@@ -13,6 +13,7 @@ from filelock import FileLock
 from corrbench.api import Dataset, Pair
 from corrbench.errors import DataError, UsageError
 from corrbench.options import Option
+from corrbench.requirements import PRESENT, Requirement
 from corrbench.fsmode import apply_umask
 from corrbench_datasets.spair import iter_spair_pairs
 
@@ -60,6 +61,10 @@ class SyntheticDataset(Dataset):
                 os.replace(tmp, target)
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
+
+    def requirements(self) -> list[Requirement]:
+        """Nothing to fetch: the data is generated on first use."""
+        return [Requirement("data", "synthetic dataset", str(self.root), PRESENT, "generated on first use")]
 
     def _categories(self):
         value = self.config.get("categories")
