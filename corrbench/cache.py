@@ -31,6 +31,45 @@ from .fsmode import current_umask
 FORMAT_VERSION = "1"
 
 
+def default_cache_dir() -> Path:
+    """``$CORRBENCH_CACHE``, else the user cache folder's ``features/`` (``--cache-dir`` overrides both)."""
+    env = os.environ.get("CORRBENCH_CACHE")
+    if env:
+        return Path(env).expanduser()
+    from platformdirs import user_cache_dir
+
+    return Path(user_cache_dir("corrbench")) / "features"
+
+
+def cache_summary(root: Path) -> list[dict[str, Any]]:
+    """One record per method-configuration folder: method, config hash, images, predictions, bytes."""
+    rows = []
+    if not root.is_dir():
+        return rows
+    for folder in sorted(p for p in root.iterdir() if p.is_dir() and (p / "config.json").is_file()):
+        try:
+            identity = json.loads((folder / "config.json").read_text())
+        except (OSError, ValueError):
+            identity = {}
+        files = [f for f in folder.rglob("*") if f.is_file()]
+        rows.append({"folder": folder.name, "method": identity.get("method", folder.name.rsplit("-", 1)[0]),
+                     "images": sum(1 for f in files if f.suffix == ".safetensors"),
+                     "predictions": sum(1 for f in files if f.suffix == ".npy"),
+                     "bytes": sum(f.stat().st_size for f in files),
+                     "weights": identity.get("weights"), "path": str(folder)})
+    return rows
+
+
+def clear_cache(root: Path, method: str | None = None) -> list[dict[str, Any]]:
+    """Delete every method folder (or those of ``method``) under ``root``; returns what was removed."""
+    import shutil
+
+    removed = [r for r in cache_summary(root) if method is None or r["method"] == method]
+    for r in removed:
+        shutil.rmtree(r["path"])
+    return removed
+
+
 def config_hash(identity: dict[str, Any]) -> str:
     blob = json.dumps(identity, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()
@@ -97,4 +136,4 @@ class FeatureCache:
         atomic_write_bytes(self._path(image_sha), save({"features": feats}, metadata=meta))
 
 
-__all__ = ["FeatureCache", "atomic_write_bytes", "config_hash"]
+__all__ = ["FeatureCache", "atomic_write_bytes", "cache_summary", "clear_cache", "config_hash", "default_cache_dir"]

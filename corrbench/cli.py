@@ -15,6 +15,19 @@ DEFAULT_METHODS = "dsift,colour-patch"
 DEFAULT_DATASET = "synthetic"
 
 
+def default_out_dir(dataset: str, split: str | None) -> Path:
+    """``corrbench-results/<dataset>-<split>-<time>``, the split as the dataset resolves it (its default)."""
+    from .plugins import get_host
+
+    if split is None:
+        try:
+            split = get_host().datasets.entry(dataset).load().default_split
+        except CorrbenchError:
+            split = "default"  # an unknown dataset: run_benchmark reports it with the list of known ones
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    return Path("corrbench-results") / f"{dataset}-{split}-{stamp}"
+
+
 def _echo_table(table) -> None:
     from .results import render
 
@@ -38,10 +51,15 @@ def cli(ctx: click.Context, debug: bool) -> None:
 @click.option("--data-root", type=click.Path(path_type=Path), default=None,
               help="Dataset folder (else $CORRBENCH_DATA/<dataset>, else the user cache).")
 @click.option("--limit", type=int, default=None, help="Use only the first N pairs (smoke runs).")
-@click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
+@click.option("--sample", type=int, default=None, metavar="N",
+              help="Evaluate a seeded sample of N pairs, stratified by category (see --seed).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of --sample.")
+@click.option("--alpha", "alphas", default=None, metavar="A,B,...",
+              help="PCK thresholds as fractions of the reference length (default 0.01,0.05,0.1,0.15; 0.1 always).")
+@click.option("--device", default="auto", show_default=True, help="auto (CUDA when present), cpu, cuda or cuda:N.")
 @click.option("--batch-size", type=int, default=8, show_default=True, help="Images per descriptor call.")
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=None,
-              help="Output folder (default corrbench-results/<dataset>-<split>-<time>).")
+              help="Output folder (default corrbench-results/<dataset>-<split>-<time>, split as resolved).")
 @click.option("--set", "overrides", multiple=True, metavar="NAME.KEY=VALUE",
               help="Override a config value of a method, the dataset or a shared namespace (repeatable).")
 @click.option("--cache-dir", type=click.Path(path_type=Path), default=None,
@@ -50,18 +68,21 @@ def cli(ctx: click.Context, debug: bool) -> None:
 @click.option("--skip-invalid", is_flag=True, help="Skip (and count) malformed pairs instead of stopping.")
 @click.option("--compare", type=click.Choice(["le", "lt"]), default="le", show_default=True,
               help="A keypoint is correct when dist ≤ αL (le) or dist < αL (lt).")
-def run(methods, dataset, split, data_root, limit, device, batch_size, out_dir, overrides, cache_dir, no_cache,
-        skip_invalid, compare) -> None:
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars or status lines; only the table and errors.")
+def run(methods, dataset, split, data_root, limit, sample, seed, alphas, device, batch_size, out_dir, overrides,
+        cache_dir, no_cache, skip_invalid, compare, quiet) -> None:
     """Evaluate METHODS on a dataset and write a results folder."""
+    from .metrics import ALPHAS, check_alphas
     from .runner import run_benchmark
 
+    alphas = check_alphas(alphas) if alphas is not None else ALPHAS
     if out_dir is None:
-        stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-        out_dir = Path("corrbench-results") / f"{dataset}-{split or 'default'}-{stamp}"
+        out_dir = default_out_dir(dataset, split)
     result = run_benchmark(methods, dataset, split=split, data_root=data_root, overrides=list(overrides),
                            limit=limit, device=device, batch_size=batch_size, out_dir=out_dir, cache_dir=cache_dir,
-                           no_cache=no_cache, skip_invalid=skip_invalid, compare=compare,
-                           echo=lambda s: click.echo(s, err=True))
+                           no_cache=no_cache, skip_invalid=skip_invalid, compare=compare, alphas=alphas,
+                           sample=sample, seed=seed, progress=not quiet,
+                           echo=None if quiet else (lambda s: click.echo(s, err=True)))
     if not result.results:  # a non-zero rank of a distributed run: rank 0 reports
         return
     ds = result.results["dataset"]
@@ -194,16 +215,77 @@ def report(run_dir: Path, fmt: str, cost: bool) -> None:
 @click.option("--set", "overrides", multiple=True, metavar="NAME.KEY=VALUE")
 @click.option("--raw", is_flag=True, help="Write the method's raw intermediate features instead of the descriptor "
               "(SD methods: S×10560×64×64 per image, about 1.9 GB: use --batch-size 1).")
-@click.option("--device", default="cpu", show_default=True)
+@click.option("--device", default="auto", show_default=True, help="auto (CUDA when present), cpu, cuda or cuda:N.")
 @click.option("--batch-size", type=int, default=8, show_default=True)
-def extract(method, images, more_images, out_file, overrides, raw, device, batch_size) -> None:
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar; only errors.")
+def extract(method, images, more_images, out_file, overrides, raw, device, batch_size, quiet) -> None:
     """Describe images with a method and write one tensor per image (named by file stem)."""
     from .extract import extract_to_file
 
     written = extract_to_file(method, [*images, *more_images], out_file, overrides=list(overrides), raw=raw,
-                              device=device, batch_size=batch_size)
+                              device=device, batch_size=batch_size, progress=not quiet)
     if written:  # under torchrun only rank 0 writes and reports
         click.echo(f"wrote {len(written)} tensors to {out_file}")
+
+
+@cli.group()
+def cache() -> None:
+    """The feature cache: what it holds, and clearing it."""
+
+
+def _cache_root(cache_dir: Path | None) -> Path:
+    from .cache import default_cache_dir
+
+    return Path(cache_dir) if cache_dir else default_cache_dir()
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TB"  # pragma: no cover
+
+
+@cache.command("info")
+@click.option("--cache-dir", type=click.Path(path_type=Path), default=None,
+              help="Feature cache (default $CORRBENCH_CACHE or the user cache).")
+def cache_info(cache_dir: Path | None) -> None:
+    """One line per cached method configuration: images, predictions, size."""
+    from .cache import cache_summary
+
+    root = _cache_root(cache_dir)
+    rows = cache_summary(root)
+    click.echo(f"cache: {root}")
+    for r in rows:
+        click.echo(f"  {r['folder']:<32} {r['images']:>7} images {r['predictions']:>8} predictions "
+                   f"{_size(r['bytes']):>10}")
+    click.echo(f"total: {len(rows)} configurations, {sum(r['images'] for r in rows)} images, "
+               f"{_size(sum(r['bytes'] for r in rows))}")
+
+
+@cache.command("clear")
+@click.option("--cache-dir", type=click.Path(path_type=Path), default=None,
+              help="Feature cache (default $CORRBENCH_CACHE or the user cache).")
+@click.option("--method", "-m", default=None, help="Only this method's configurations.")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+def cache_clear(cache_dir: Path | None, method: str | None, yes: bool) -> None:
+    """Delete cached features and predictions (all, or one method's)."""
+    from .cache import cache_summary, clear_cache
+
+    root = _cache_root(cache_dir)
+    rows = [r for r in cache_summary(root) if method is None or r["method"] == method]
+    if not rows:
+        click.echo(f"nothing to clear in {root}" + (f" for method {method!r}" if method else ""))
+        return
+    what = f"{len(rows)} configurations ({_size(sum(r['bytes'] for r in rows))}) in {root}"
+    if not yes:
+        if not sys.stdin.isatty():
+            raise UsageError(f"cache clear would delete {what}; confirm with --yes (no terminal to ask)")
+        if not click.confirm(f"delete {what}?", default=False, err=True):
+            raise click.exceptions.Exit(1)
+    removed = clear_cache(root, method)
+    click.echo(f"deleted {len(removed)} configurations from {root}")
 
 
 from .cli_reproduce import compare, regress, reproduce  # noqa: E402  (core verbs defined in their own module)

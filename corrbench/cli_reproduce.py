@@ -1,4 +1,4 @@
-"""Click commands ``corrbench reproduce dhf-table``, ``corrbench compare`` and ``corrbench regress``.
+"""Click commands ``corrbench reproduce <table>``, ``corrbench compare`` and ``corrbench regress``.
 
 They are added to the core group with ``cli.add_command(reproduce)``, ``cli.add_command(compare)`` and
 ``cli.add_command(regress)``. Errors are :class:`~corrbench.errors.CorrbenchError` and are printed as one
@@ -23,52 +23,84 @@ def _auto_device(device: str) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-@click.group()
+class TableGroup(click.Group):
+    """``corrbench reproduce <table>``: one subcommand per table registered by a plugin (``register_tables``)."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        from .reproduce import table_names
+
+        return sorted(set(super().list_commands(ctx)) | set(table_names()))
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        found = super().get_command(ctx, name)
+        if found is not None:
+            return found
+        from .plugins import get_host
+
+        tables = get_host().tables
+        if name not in tables:
+            return None
+        entry = tables.entry(name)
+        return table_command(entry.name, entry.description)
+
+
+@click.group(cls=TableGroup)
 def reproduce() -> None:
-    """Re-run a published comparison table and print it beside the published numbers."""
+    """Re-run a published comparison table and print it beside the published numbers.
+
+    Each table is registered by a plugin (`corrbench reproduce --help` lists them); every table takes the
+    same options.
+    """
 
 
-@reproduce.command("dhf-table")
-@click.option("--datasets", default="spair,cub", show_default=True, help="Comma-separated: spair, cub.")
-@click.option("--rows", default=None, help="Only these rows (comma-separated method ids); default: all nine.")
-@click.option("--data-root", "data_roots", multiple=True, metavar="DATASET=DIR",
-              help="Dataset folder, e.g. spair=/data/SPair-71k,cub=/data/CUB_200_2011 (repeatable).")
-@click.option("--split", "splits", multiple=True, metavar="DATASET=SPLIT",
-              help="Another split than the paper's (spair=dhf-test-360, cub=test); the table is then marked.")
-@click.option("--set", "overrides", multiple=True, metavar="NAME.KEY=VALUE",
-              help="Config override passed to every row that takes it, as in `corrbench run` (repeatable).")
-@click.option("--device", default="auto", show_default=True, help="auto (cuda when available), cpu, cuda, cuda:N.")
-@click.option("--batch-size", type=int, default=8, show_default=True)
-@click.option("--limit", type=int, default=None, help="Only the first N pairs of each dataset (smoke runs).")
-@click.option("--out", "out_dir", type=click.Path(path_type=Path), default=None,
-              help="Output folder (default corrbench-results/dhf-table-<time>).")
-@click.option("--cache-dir", type=click.Path(path_type=Path), default=None,
-              help="Feature cache shared by the rows (default $CORRBENCH_CACHE or the user cache).")
-@click.option("--tolerance", type=float, default=2.0, show_default=True,
-              help="A row is 'reproduced' when every cell is within this many PCK points of the paper.")
-@click.option("--dry-run", is_flag=True, help="Print the plan (rows, configs, weights, data, time) and stop.")
-@click.option("--quiet", is_flag=True, help="No progress bars.")
-def dhf_table(datasets, rows, data_roots, splits, overrides, device, batch_size, limit, out_dir, cache_dir,
-              tolerance, dry_run, quiet) -> None:
-    """Re-run the nine rows of the Diffusion Hyperfeatures table (SPair-71k test-360, CUB)."""
-    import datetime as _dt
+def table_command(name: str, description: str = "") -> click.Command:
+    """The ``corrbench reproduce <name>`` command of the registered table ``name``."""
 
-    from .reproduce import DHF_TABLE, make_plan, run_table
+    @click.command(name, help=(description or f"Re-run the table {name}.")
+                   + "\n\nRows and datasets are the table's; see `--dry-run` for the plan.")
+    @click.option("--datasets", default=None, help="Comma-separated dataset ids of the table (default: all).")
+    @click.option("--rows", default=None, help="Only these rows (comma-separated method ids); default: all.")
+    @click.option("--data-root", "data_roots", multiple=True, metavar="DATASET=DIR",
+                  help="Dataset folder, e.g. spair=/data/SPair-71k,cub=/data/CUB_200_2011 (repeatable).")
+    @click.option("--split", "splits", multiple=True, metavar="DATASET=SPLIT",
+                  help="Another split than the paper's (e.g. spair=test); the table is then marked.")
+    @click.option("--set", "overrides", multiple=True, metavar="NAME.KEY=VALUE",
+                  help="Config override passed to every row that takes it, as in `corrbench run` (repeatable).")
+    @click.option("--device", default="auto", show_default=True,
+                  help="auto (cuda when available), cpu, cuda, cuda:N.")
+    @click.option("--batch-size", type=int, default=8, show_default=True)
+    @click.option("--limit", type=int, default=None, help="Only the first N pairs of each dataset (smoke runs).")
+    @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=None,
+                  help=f"Output folder (default corrbench-results/{name}-<time>).")
+    @click.option("--cache-dir", type=click.Path(path_type=Path), default=None,
+                  help="Feature cache shared by the rows (default $CORRBENCH_CACHE or the user cache).")
+    @click.option("--tolerance", type=float, default=2.0, show_default=True,
+                  help="A row is 'reproduced' when every cell is within this many PCK points of the paper.")
+    @click.option("--dry-run", is_flag=True, help="Print the plan (rows, configs, weights, data, time) and stop.")
+    @click.option("--quiet", is_flag=True, help="No progress bars.")
+    def command(datasets, rows, data_roots, splits, overrides, device, batch_size, limit, out_dir, cache_dir,
+                tolerance, dry_run, quiet) -> None:
+        import datetime as _dt
 
-    plan = make_plan(DHF_TABLE, datasets=datasets, rows=rows, data_roots=list(data_roots), splits=list(splits),
-                     overrides=list(overrides), device=_auto_device(device), limit=limit, cache_dir=cache_dir)
-    if dry_run:
-        click.echo(plan.render(), nl=False)
-        return
-    if out_dir is None:
-        out_dir = Path("corrbench-results") / f"dhf-table-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
-    outcome = run_table(plan, data_roots=list(data_roots), batch_size=batch_size, out_dir=out_dir,
-                        tolerance=tolerance, progress=not quiet, echo=lambda s: click.echo(s, err=True))
-    if not outcome.reporting:  # a non-zero rank under torchrun: rank 0 prints and writes
-        return
-    click.echo(outcome.markdown(), nl=False)
-    click.echo(f"\ntables: {out_dir}/table.md, table.csv, table.tex; runs: "
-               + ", ".join(f"{d}: {p}" for d, p in outcome.run_dirs.items()))
+        from .reproduce import get_table, make_plan, run_table
+
+        plan = make_plan(get_table(name), datasets=datasets, rows=rows, data_roots=list(data_roots),
+                         splits=list(splits), overrides=list(overrides), device=_auto_device(device), limit=limit,
+                         cache_dir=cache_dir)
+        if dry_run:
+            click.echo(plan.render(), nl=False)
+            return
+        if out_dir is None:
+            out_dir = Path("corrbench-results") / f"{name}-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
+        outcome = run_table(plan, data_roots=list(data_roots), batch_size=batch_size, out_dir=out_dir,
+                            tolerance=tolerance, progress=not quiet, echo=lambda s: click.echo(s, err=True))
+        if not outcome.reporting:  # a non-zero rank under torchrun: rank 0 prints and writes
+            return
+        click.echo(outcome.markdown(), nl=False)
+        click.echo(f"\ntables: {out_dir}/table.md, table.csv, table.tex; runs: "
+                   + ", ".join(f"{d}: {p}" for d, p in outcome.run_dirs.items()))
+
+    return command
 
 
 @click.command()

@@ -6,83 +6,120 @@ import json
 from pathlib import Path
 from typing import Any, Sequence
 
-import torch
-from safetensors.torch import save
-
-from .cache import atomic_write_bytes
 from .config import parse_overrides, resolve_overrides
 from .errors import DataError, UsageError
 from .fsmode import check_writable_dir
 from .images import load_rgb, to_batch
 from .distributed import DistContext, init_from_env
 from .plugins import get_host
+from .stream import SafetensorsWriter
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 
 
-def gather_images(paths: Sequence[Path]) -> list[Path]:
-    found: list[Path] = []
+def gather_images(paths: Sequence[Path]) -> list[tuple[str, Path]]:
+    """``(tensor name, file)`` for every image given or found under a given folder (recursively).
+
+    A file's tensor is named by its stem; an image found in a folder by its path relative to that
+    folder without the suffix (``aeroplane/2008_000033`` in a category layout), so images of several
+    categories can share a stem.
+    """
+    found: list[tuple[str, Path]] = []
     for p in map(Path, paths):
         if p.is_dir():
-            found.extend(sorted(q for q in p.iterdir() if q.suffix.lower() in IMAGE_SUFFIXES))
+            for q in sorted(p.rglob("*")):
+                if q.is_file() and q.suffix.lower() in IMAGE_SUFFIXES and not q.name.startswith("."):
+                    found.append((q.relative_to(p).with_suffix("").as_posix(), q))
         elif p.is_file():
-            found.append(p)
+            found.append((p.stem, p))
         else:
             raise DataError(f"image {p} does not exist")
     if not found:
         raise UsageError(f"no images found in {', '.join(map(str, paths))}")
-    stems = [p.stem for p in found]
-    dupes = sorted({s for s in stems if stems.count(s) > 1})
+    names = [n for n, _ in found]
+    dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
-        raise UsageError(f"several images share the stem(s) {', '.join(dupes)}; tensors are named by stem")
+        raise UsageError(f"several images would get the tensor name(s) {', '.join(dupes[:5])}; "
+                         "tensors are named by stem (files) or relative path (folders)")
     return found
 
 
 def extract_to_file(method: str, images: Sequence[Path], out_file: Path, overrides: Any = None, raw: bool = False,
-                    device: str = "cpu", batch_size: int = 8) -> list[str]:
-    ctx, device = init_from_env(device)
+                    device: str = "auto", batch_size: int = 8, progress: bool = True) -> list[str]:
+    from .devices import resolve_device
+
+    if batch_size < 1:
+        raise UsageError(f"--batch-size must be at least 1, got {batch_size}")
+    ctx, device = init_from_env(resolve_device(device))
     try:
-        return _extract(ctx, method, images, out_file, overrides, raw, device, batch_size)
+        return _extract(ctx, method, images, out_file, overrides, raw, device, batch_size, progress)
     finally:
         ctx.close()
 
 
+def _image_size(path: Path) -> tuple[int, int]:
+    """(W, H) from the header only; a file that is not an image is reported as the decoder would."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            return im.size
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        raise DataError(f"image {path} is unreadable or truncated: {exc}") from exc
+
+
 def _extract(ctx: DistContext, method: str, images: Sequence[Path], out_file: Path, overrides: Any, raw: bool,
-             device: str, batch_size: int) -> list[str]:
+             device: str, batch_size: int, progress: bool) -> list[str]:
+    from tqdm.auto import tqdm
+
     host = get_host()
     entry = host.methods.entry(method)
     cls = entry.load()
     aliases = {a: e.name for e in host.methods.entries() for a in e.aliases}
     cfgs, _ = resolve_overrides(parse_overrides(overrides), {entry.name: cls}, None, aliases)
-    if Path(out_file).is_dir():
+    out_file = Path(out_file)
+    if out_file.is_dir():
         raise UsageError(f"--out {out_file} is a folder; give the name of the .safetensors file to write")
-    check_writable_dir(Path(out_file).parent, f"--out {out_file}: folder")  # before any extraction, not after it
+    check_writable_dir(out_file.parent, f"--out {out_file}: folder")  # before any extraction, not after it
     descriptor = cls(config=cfgs[entry.name], device=device)
     prep = descriptor.preprocessing()
-    paths = gather_images(images)
-    tensors: dict[str, torch.Tensor] = {}
-    groups: dict[tuple[int, int], list[tuple[Path, Any]]] = {}
-    for p in ctx.shard(paths):  # under torchrun each rank describes its share; rank 0 writes the file
-        img = load_rgb(p)
-        groups.setdefault(prep.load_hw(img.size), []).append((p, img))
-    for group in groups.values():
-        for i in range(0, len(group), batch_size):
-            chunk = group[i:i + batch_size]
-            batch = to_batch([img for _, img in chunk], prep).to(device)
-            if raw:
-                out = descriptor.describe_raw(batch)
-            else:
-                out = descriptor.describe(batch)
-            for (p, _), t in zip(chunk, out):
-                tensors[p.stem] = t.detach().cpu().contiguous()
+    named = gather_images(images)
+    # group by load size from the headers alone; each batch is decoded when it is described
+    groups: dict[tuple[int, int], list[tuple[str, Path]]] = {}
+    for name, p in ctx.shard(named):  # under torchrun each rank describes its share; rank 0 writes the file
+        groups.setdefault(prep.load_hw(_image_size(p)), []).append((name, p))
+
+    def batches():
+        for group in groups.values():
+            for i in range(0, len(group), batch_size):
+                chunk = group[i:i + batch_size]
+                batch = to_batch([load_rgb(p) for _, p in chunk], prep).to(device)
+                out = descriptor.describe_raw(batch) if raw else descriptor.describe(batch)
+                yield from ((name, t.detach().cpu().contiguous()) for (name, _), t in zip(chunk, out))
+
+    meta = {"method": entry.name, "raw": str(raw).lower(),
+            "config": json.dumps(descriptor.config, sort_keys=True, default=str),
+            "preprocess": json.dumps(prep.as_dict(), sort_keys=True)}
+    bar = tqdm(total=sum(len(g) for g in groups.values()), desc=f"{entry.name}: extract", unit="img",
+               disable=not (progress and ctx.is_main) or None, leave=False)
+    try:
+        if not ctx.active:  # one process: stream every tensor to disk as it is computed
+            with SafetensorsWriter(out_file, {**meta, "weights": str(descriptor.weights_identity())}) as writer:
+                for name, t in batches():
+                    writer.add(name, t)
+                    bar.update(1)
+            return [name for name, _ in named]
+        tensors = {}
+        for name, t in batches():
+            tensors[name] = t
+            bar.update(1)
+    finally:
+        bar.close()
     shares = ctx.all_gather(tensors)
     if not ctx.is_main:
         return []
-    tensors = {p.stem: share[p.stem] for p in paths for share in shares if p.stem in share}
-    meta = {"method": entry.name, "raw": str(raw).lower(),
-            "config": json.dumps(descriptor.config, sort_keys=True, default=str),
-            "preprocess": json.dumps(prep.as_dict(), sort_keys=True),
-            "weights": descriptor.weights_identity()}
-    out_file = Path(out_file)
-    atomic_write_bytes(out_file, save(tensors, metadata=meta))
-    return list(tensors)
+    merged = {name: share[name] for name, _ in named for share in shares if name in share}
+    with SafetensorsWriter(out_file, {**meta, "weights": str(descriptor.weights_identity())}) as writer:
+        for name, t in merged.items():
+            writer.add(name, t)
+    return list(merged)

@@ -23,6 +23,28 @@ NORMS = {"bbox": "L_bbox", "img": "L_img"}
 _REL_TOL = 1e-9
 
 
+def check_alphas(alphas) -> tuple[float, ...]:
+    """``--alpha`` values (a comma-separated string or numbers) → sorted, unique, each in (0, 1].
+
+    α = 0.10 is always included: the headline table and every comparison report PCK@0.1.
+    """
+    from .errors import UsageError
+
+    items = alphas.split(",") if isinstance(alphas, str) else list(alphas)
+    out = set()
+    for item in items:
+        try:
+            a = float(item)
+        except (TypeError, ValueError):
+            raise UsageError(f"--alpha {item!r}: expected a number in (0, 1], e.g. 0.05,0.1") from None
+        if not 0 < a <= 1:
+            raise UsageError(f"--alpha {item!r}: expected a number in (0, 1] (a fraction of the reference length)")
+        out.add(round(a, 6))
+    if not out:
+        raise UsageError("--alpha: give at least one threshold, e.g. 0.05,0.1,0.15")
+    return tuple(sorted(out | {0.10}))
+
+
 def correct(dist: np.ndarray, threshold: np.ndarray, compare: str = "le") -> np.ndarray:
     dist = np.asarray(dist, dtype=np.float64)
     threshold = np.asarray(threshold, dtype=np.float64)

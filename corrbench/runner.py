@@ -32,26 +32,18 @@ from tqdm.auto import tqdm
 
 from . import __version__
 from .api import Dataset, Descriptor, FeatureGrid, Pair, PairConditionedDescriptor, describe_together
-from .cache import FeatureCache, atomic_write_bytes, config_hash
+from .cache import FeatureCache, atomic_write_bytes, config_hash, default_cache_dir
 from .config import parse_overrides, resolve_overrides
 from .distributed import DistContext, init_from_env
 from .errors import CorrbenchError, DataError, UsageError
 from .fsmode import check_writable_dir
 from .images import ImageRecord, inspect_image, load_rgb, to_batch, to_load, to_original
-from .metrics import ALPHAS, correct, pck_table
+from .metrics import ALPHAS, check_alphas, correct, pck_table
+from .sampling import stratified_sample
 from .plugins import get_host
 from .identity import method_identity, plugin_code_identity, readout_identity
 from .readout import nn_transfer, target_norms
 from .results import SUMMARY_COLUMNS, headline_table, render, write_csv, write_json, write_jsonl
-
-
-def default_cache_dir() -> Path:
-    env = os.environ.get("CORRBENCH_CACHE")
-    if env:
-        return Path(env).expanduser()
-    from platformdirs import user_cache_dir
-
-    return Path(user_cache_dir("corrbench")) / "features"
 
 
 @dataclass
@@ -362,9 +354,21 @@ def run_benchmark(methods: str | Sequence[str], dataset: str, split: str | None 
                   device: str = "cpu", batch_size: int = 8, out_dir: str | os.PathLike | None = None,
                   cache_dir: str | os.PathLike | None = None, no_cache: bool = False, skip_invalid: bool = False,
                   compare: str = "le", alphas: Sequence[float] = ALPHAS, progress: bool = True,
-                  echo: Callable[[str], None] | None = None) -> RunResult:
-    """Run ``methods`` on ``dataset`` and (when ``out_dir`` is given) write the results folder."""
+                  echo: Callable[[str], None] | None = None, sample: int | None = None,
+                  seed: int = 0) -> RunResult:
+    """Run ``methods`` on ``dataset`` and (when ``out_dir`` is given) write the results folder.
+
+    ``limit`` keeps the first N pairs; ``sample`` a seeded subset of N pairs stratified by category
+    (:mod:`corrbench.sampling`); with both, the sample is drawn from the first ``limit`` pairs.
+    ``device`` may be ``auto`` (CUDA when available).
+    """
+    from .devices import resolve_device
+
     started = time.perf_counter()
+    device = resolve_device(device)
+    alphas = check_alphas(alphas)
+    if sample is not None and sample < 1:
+        raise UsageError(f"--sample must be at least 1, got {sample}")
     host = get_host()
     method_classes: dict[str, type] = {}
     prebuilt: dict[str, Descriptor] = {}  # instances handed in by the Python API, used as they are
@@ -399,7 +403,7 @@ def run_benchmark(methods: str | Sequence[str], dataset: str, split: str | None 
     try:
         return _run(ctx, host, method_classes, method_cfgs, ds_entry, ds_cls, ds_cfg, split, data_root, limit, device,
                     batch_size, out_dir, cache_dir, no_cache, skip_invalid, compare, alphas, progress, echo, started,
-                    prebuilt)
+                    prebuilt, sample, seed)
     finally:
         ctx.close()
 
@@ -420,7 +424,7 @@ def _fill(ctx: DistContext, stores: list[_FeatureStore], used: Sequence[ImageRec
 
 def _run(ctx: DistContext, host, method_classes, method_cfgs, ds_entry, ds_cls, ds_cfg, split, data_root, limit, device,
          batch_size, out_dir, cache_dir, no_cache, skip_invalid, compare, alphas, progress, echo, started,
-         prebuilt: dict[str, Descriptor] | None = None) -> RunResult:
+         prebuilt: dict[str, Descriptor] | None = None, sample: int | None = None, seed: int = 0) -> RunResult:
     if ctx.active and no_cache:
         raise UsageError("--no-cache cannot be used with several processes: ranks share features through the cache")
     progress = progress and ctx.is_main
@@ -431,6 +435,11 @@ def _run(ctx: DistContext, host, method_classes, method_cfgs, ds_entry, ds_cls, 
     all_pairs = list(islice(ds.pairs(), limit))
     if not all_pairs:
         raise DataError(f"dataset {ds.name!r} split {ds.split!r} at {ds.root} has no usable pairs")
+    n_listed = len(all_pairs)
+    if sample is not None and sample < n_listed:
+        all_pairs = stratified_sample(all_pairs, sample, seed)
+        if echo:
+            echo(f"evaluating a sample of {len(all_pairs)} of {n_listed} pairs (stratified by category, seed {seed})")
     pairs, records = collect_images(all_pairs, ds, progress, ctx)
     if not pairs:
         raise DataError(f"dataset {ds.name!r}: every pair was skipped as invalid ({len(ds.skipped)} problems)")
@@ -541,7 +550,9 @@ def _run(ctx: DistContext, host, method_classes, method_cfgs, ds_entry, ds_cls, 
         "env": {**_environment(device), "processes": ctx.world_size},
         "dataset": {"name": ds.name, "version": ds.version, "split": ds.split, "root": str(ds.root),
                     "config": ds.config, "protocol": ds.protocol(), "plugin": ds_entry.plugin,
-                    "n_pairs": len(pairs), "n_pairs_listed": len(all_pairs), "limit": limit,
+                    "n_pairs": len(pairs), "n_pairs_listed": n_listed, "limit": limit,
+                    "sample": None if sample is None or sample >= n_listed else
+                    {"n": len(all_pairs), "of": n_listed, "seed": seed, "stratified_by": "category"},
                     "n_images": len(records), "skipped": list(ds.skipped)},
         "protocol": {"alphas": list(alphas), "compare": compare, "frame": "original target image",
                      "also_logged": "pck@0.10_img_loadframe: distances and L = max(load H, W) in the target load "

@@ -13,10 +13,17 @@ from click.testing import CliRunner
 
 from corrbench.cli_reproduce import reproduce
 from corrbench.errors import MissingDataError, UsageError, WeightsError
-from corrbench.reproduce import DHF_TABLE, default_baseline_path, make_plan, paper_baseline
+from corrbench.reproduce import default_baseline_path, paper_baseline
+from corrbench.reproduce import make_plan as _make_plan
+from corrbench_dhf.table import DHF_TABLE
 
 #: the paper numbers as the user documentation states them (written independently of reproduce.py)
 SPEC = Path(__file__).resolve().parents[1] / "docs" / "reproduce.md"
+def make_plan(*args, **kwargs):
+    """The DHF table's plan, looked up by its registered name as `corrbench reproduce dhf-table` does."""
+    return _make_plan("dhf-table", *args, **kwargs)
+
+
 NINE = ["dino", "dhpf", "sd-layer-4", "sd-concat-all", "dhf", "dhf-one-step", "sd-layer-pruned", "dhf-pruned",
         "dhf-sd21"]
 
@@ -24,7 +31,7 @@ NINE = ["dino", "dhpf", "sd-layer-4", "sd-concat-all", "dhf", "dhf-one-step", "s
 # -- the paper numbers -----------------------------------------------------------------------------------------
 def test_committed_paper_baseline_is_the_table_spec():
     committed = json.loads(default_baseline_path("dhf-paper").read_text(encoding="utf-8"))
-    assert committed == paper_baseline()
+    assert committed == paper_baseline(DHF_TABLE)
     assert [r["method"] for r in committed["rows"]] == NINE
     assert committed["datasets"]["spair"]["split"] == "dhf-test-360"
 

@@ -1,8 +1,8 @@
 """Built-in Diffusion Hyperfeatures methods, training, pictures and synthetic transfer.
 
 Methods (lazy, so listing imports neither torch nor diffusers): ``dhf``, ``dhf-one-step``, ``dhf-sd21``,
-``sd-layer-pruned``, ``dhf-pruned``. Commands: ``corrbench train dhf``, ``corrbench plot
-mixing-weights|matches`` and ``corrbench generate``.
+``sd-layer-pruned``, ``dhf-pruned``. Table: ``dhf-table`` (``corrbench reproduce dhf-table``, :mod:`.table`).
+Commands: ``corrbench train dhf``, ``corrbench plot mixing-weights|matches`` and ``corrbench generate``.
 """
 
 import corrbench
@@ -20,6 +20,13 @@ def register_methods(register):
              description="SD-Layer-Pruned: raw SD feature of the slot with the largest dhf mixing weight")
     register("dhf-pruned", "corrbench_dhf.methods:DHFPruned", extras=("sd",),
              description="Ours-Pruned: the largest-weight (timestep, layer) slot through its trained dhf bottleneck")
+
+
+@corrbench.hookimpl
+def register_tables(register):
+    register("dhf-table", "corrbench_dhf.table:DHF_TABLE",
+             description="Diffusion Hyperfeatures (Luo et al., NeurIPS 2023), main comparison table: nine rows, "
+                         "SPair-71k test-360 and CUB")
 
 
 @corrbench.hookimpl
