@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from corrbench.errors import DataError, MissingDataError, UsageError
 from corrbench.testing.datasets import CUB_PART_NAMES, write_cub_fixture
-from corrbench_datasets import cub as cubmod
+from corrbench_datasets.cub import pairs as cubmod  # where the pair list is made
 from corrbench_datasets.cub import CUBDataset, candidate_pairs, ensure_pair_list, make_pair_list, read_cub
 
 

@@ -7,9 +7,10 @@ plain diffusers/transformers modules loaded from the same folder and plain forwa
 * PIL RGB → square resize to the load size (PIL bilinear) → [0, 1] → [−1, 1] → bilinear (no
   antialias, ``align_corners=False``) to ``image_size`` → VAE posterior mean (``latent=mode``), or
   mean + std · ε with ε the documented per-image draw (``latent=sample``) → × scaling factor;
-* DDIM inversion with η = 0 and the empty prompt: step i runs the UNet at t = −1 (the clean pass, ᾱ = 1),
-  0, 20, … and moves the latent with x' = √ᾱ' · x0 + √(1 − ᾱ') · ε, x0 = (x − √(1 − ᾱ) · ε) / √ᾱ,
-  ᾱ from the scheduler config's β schedule; step i's maps are saved as index N − 1 − i;
+* DDIM inversion with η = 0 and the empty prompt: step i of N runs the UNet at t = −1 (the clean pass,
+  ᾱ = 1), 0, 1000/N, 2·1000/N, … and moves the latent to the next of 0, 1000/N, … with
+  x' = √ᾱ' · x0 + √(1 − ᾱ') · ε, x0 = (x − √(1 − ᾱ) · ε) / √ᾱ, ᾱ from the scheduler config's β schedule;
+  step i's maps are saved as index N − 1 − i;
 * the output of every ``up_blocks[i].resnets[j].conv2``, bilinearly resized to ``output_resolution``;
 * DHF's aggregation network re-implemented with plain torch ops on the checkpoint's state dict:
   per (timestep slot, layer) a bottleneck (1×1 → GN → ReLU, 3×3 → GN → ReLU, 1×1 → GN, projected
@@ -219,7 +220,7 @@ class Reference:
 
     def features(self, image32: np.ndarray, latent: str = "mode", seed: int = 0) -> dict[tuple[int, int], torch.Tensor]:
         """(index k, layer position) → C×RES×RES float64 for every index in RAW (one image)."""
-        key = (hashlib.sha256(image32.tobytes()).hexdigest(), latent, seed)
+        key = (hashlib.sha256(image32.tobytes()).hexdigest(), latent, seed if latent == "sample" else None)
         if key not in self._memo:
             self._memo[key] = self._features(image32, latent, seed)
         return self._memo[key]

@@ -10,11 +10,11 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
-from corrbench.errors import DataError
+from corrbench.errors import DataError, UsageError
 
 
 def fail(path: Path | str, problem: str) -> DataError:
@@ -115,3 +115,23 @@ def id_list(value: Any, n: int, what: str, path: Path | str) -> list[int]:
     if len(value) != n:
         raise fail(path, f"{what} has {len(value)} entries but there are {n} keypoints")
     return [integer(v, f"{what}[{i}]", path) for i, v in enumerate(value)]
+
+
+def parse_categories(value: Any, known: Sequence[str] | None = None,
+                     what: str = "categories") -> tuple[str, ...] | None:
+    """``"cat,dog"`` or ``["cat", "dog"]`` → ``("cat", "dog")``; empty → None (all categories)."""
+    if value is None or value == "" or value == []:
+        return None
+    if isinstance(value, str):
+        items = [v.strip() for v in value.split(",")]
+    elif isinstance(value, (list, tuple)):
+        items = [str(v).strip() for v in value]
+    else:
+        raise UsageError(f"{what} must be a comma-separated string or a list, got {value!r}")
+    items = [v for v in items if v]
+    if known is not None:
+        unknown = [v for v in items if v not in known]
+        if unknown:
+            raise UsageError(f"{what}: unknown categor{'y' if len(unknown) == 1 else 'ies'} "
+                             f"{', '.join(map(repr, unknown))}; known: {', '.join(known)}")
+    return tuple(dict.fromkeys(items)) or None

@@ -23,6 +23,7 @@ from corrbench.options import Option
 from corrbench.errors import DataError, UsageError
 
 from . import _fields as F
+from ._fields import parse_categories
 
 Invalid = Callable[[str, "BaseException | None"], None]
 INT_META = ("mirror", "viewpoint_variation", "scale_variation", "truncation", "occlusion")
@@ -122,8 +123,6 @@ class DhfJsonDataset(Dataset):
         self.pairs_file = Path(pairs).expanduser() if pairs else None
         if root is None and self.pairs_file is not None:
             self.root = self.pairs_file.parent
-        from .spair import parse_categories
-
         self.categories = parse_categories(self.config.get("categories"), known=None, what="dhf-json.categories")
 
     def _need_file(self) -> Path:

@@ -23,6 +23,7 @@ from corrbench.errors import DataError, MissingDataError, UsageError
 from corrbench.requirements import Requirement
 
 from . import _fields as F
+from ._fields import parse_categories
 
 SPAIR_URL = "https://cvlab.postech.ac.kr/research/SPair-71k/data/SPair-71k.tar.gz"
 SPAIR_CATEGORIES = (
@@ -144,26 +145,6 @@ def iter_spair_pairs(root: Path, split: str, *, layout: str = "large", categorie
         yield pair
 
 
-def parse_categories(value: Any, known: Sequence[str] | None = SPAIR_CATEGORIES,
-                     what: str = "spair.categories") -> tuple[str, ...] | None:
-    """``"cat,dog"`` or ``["cat", "dog"]`` → ``("cat", "dog")``; empty → None (all categories)."""
-    if value is None or value == "" or value == []:
-        return None
-    if isinstance(value, str):
-        items = [v.strip() for v in value.split(",")]
-    elif isinstance(value, (list, tuple)):
-        items = [str(v).strip() for v in value]
-    else:
-        raise UsageError(f"{what} must be a comma-separated string or a list, got {value!r}")
-    items = [v for v in items if v]
-    if known is not None:
-        unknown = [v for v in items if v not in known]
-        if unknown:
-            raise UsageError(f"{what}: unknown categor{'y' if len(unknown) == 1 else 'ies'} "
-                             f"{', '.join(map(repr, unknown))}; known: {', '.join(known)}")
-    return tuple(dict.fromkeys(items)) or None
-
-
 def spair_index(root: Path, split: str, layout: str = "large") -> dict[tuple[str, str, str], str]:
     """``(category, source stem, target stem) → pair stem`` from the layout file (names only, no JSON read)."""
     out: dict[tuple[str, str, str], str] = {}
@@ -204,7 +185,7 @@ class SPairDataset(Dataset):
 
     def __init__(self, root=None, split=None, config=None, skip_invalid: bool = False):
         super().__init__(root, split, config, skip_invalid)
-        self.categories = parse_categories(self.config.get("categories"))
+        self.categories = parse_categories(self.config.get("categories"), SPAIR_CATEGORIES, "spair.categories")
         self.layout = str(self.config.get("layout") or "large")
         if self.layout not in ("large", "small"):
             raise UsageError(f"spair.layout must be 'large' or 'small', got {self.layout!r}")
