@@ -474,9 +474,9 @@ class Dataset:
         env = os.environ.get("CORRBENCH_DATA")
         if env:
             return Path(env).expanduser() / dirname
-        from platformdirs import user_cache_dir
+        from .paths import user_cache_root
 
-        return Path(user_cache_dir("corrbench")) / "datasets" / dirname
+        return user_cache_root() / "datasets" / dirname
 
     @classmethod
     def resolve_root(cls, root: str | os.PathLike | None) -> Path:

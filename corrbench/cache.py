@@ -36,9 +36,9 @@ def default_cache_dir() -> Path:
     env = os.environ.get("CORRBENCH_CACHE")
     if env:
         return Path(env).expanduser()
-    from platformdirs import user_cache_dir
+    from .paths import user_cache_root
 
-    return Path(user_cache_dir("corrbench")) / "features"
+    return user_cache_root() / "features"
 
 
 def cache_summary(root: Path) -> list[dict[str, Any]]:

@@ -23,6 +23,11 @@ NORMS = {"bbox": "L_bbox", "img": "L_img"}
 _REL_TOL = 1e-9
 
 
+def metric_key(alpha: float, norm: str) -> str:
+    """The name of a PCK number in results.json, baselines and tables: ``pck@0.10_bbox``."""
+    return f"pck@{float(alpha):.2f}_{norm}"
+
+
 def check_alphas(alphas) -> tuple[float, ...]:
     """``--alpha`` values (a comma-separated string or numbers) → sorted, unique, each in (0, 1].
 

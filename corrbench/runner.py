@@ -38,7 +38,7 @@ from .distributed import DistContext, init_from_env
 from .errors import CorrbenchError, DataError, UsageError
 from .fsmode import check_writable_dir
 from .images import ImageRecord, inspect_image, load_rgb, to_batch, to_load, to_original
-from .metrics import ALPHAS, check_alphas, correct, pck_table
+from .metrics import ALPHAS, check_alphas, correct, metric_key, pck_table
 from .sampling import stratified_sample
 from .plugins import get_host
 from .identity import method_identity, plugin_code_identity, readout_identity
@@ -512,11 +512,11 @@ def _run(ctx: DistContext, host, method_classes, method_cfgs, ds_entry, ds_cls, 
         summary_rows.append(overall[SUMMARY_COLUMNS])
         breakdown_rows.append(table[table["group"] != "all"])
         point = overall[overall["average"] == "point"]
-        metrics = {f"pck@{a:.2f}_{norm}": float(v) for a, norm, v in zip(point["alpha"], point["norm"], point["value"])}
+        metrics = {metric_key(a, norm): float(v) for a, norm, v in zip(point["alpha"], point["norm"], point["value"])}
         kp = mr.keypoints
         metrics["pck@0.10_img_loadframe"] = float(100 * correct(kp["dist_load"], 0.1 * kp["L_load"], compare).mean())
         per_category = {
-            str(level): {f"pck@{a:.2f}_{norm}": float(v) for a, norm, v in zip(g["alpha"], g["norm"], g["value"])}
+            str(level): {metric_key(a, norm): float(v) for a, norm, v in zip(g["alpha"], g["norm"], g["value"])}
             for level, g in table[(table["group"] == "category") & (table["average"] == "point")].groupby("level")
         }
         results_methods[mr.name] = {

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from corrbench.cache import atomic_write_bytes  # noqa: F401  (re-exported for the dataset modules)
 from corrbench.download import fetch, install_archive, sha256_file
 
 
@@ -18,9 +19,9 @@ def user_cache() -> Path:
     env = os.environ.get("CORRBENCH_CACHE")
     if env:
         return Path(env).expanduser()
-    from platformdirs import user_cache_dir
+    from corrbench.paths import user_cache_root
 
-    return Path(user_cache_dir("corrbench"))
+    return user_cache_root()
 
 
 def writable_dir(*candidates: Path) -> Path:
@@ -36,14 +37,6 @@ def writable_dir(*candidates: Path) -> Path:
         except OSError as exc:
             last = exc
     raise OSError(f"none of {', '.join(map(str, candidates))} is writable: {last}")
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temporary file beside ``path`` and rename: readers never see a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 def download_archive_dataset(*, url: str, sha256: str | None, target: Path, inner: str,

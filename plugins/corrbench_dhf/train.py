@@ -128,7 +128,7 @@ def validation_hits(network: AggregationNetwork, source: FeatureSource, pairs: S
     """Per pair, which keypoints are correct at α (``img`` and ``bbox`` normalisation; ``bbox`` None without a box)."""
     from corrbench.api import FeatureGrid
     from corrbench.images import to_load, to_original
-    from corrbench.metrics import correct
+    from corrbench.metrics import correct, metric_key
     from corrbench.readout import nn_transfer
 
     was_training = network.training
@@ -160,7 +160,7 @@ def summarize_hits(rows: Sequence[dict[str, np.ndarray | None]], alpha: float = 
     for norm in ("bbox", "img"):
         parts = [r[norm] for r in rows if r[norm] is not None]
         if parts:
-            out[f"pck@{alpha:.2f}_{norm}"] = 100.0 * float(np.concatenate(parts).mean())
+            out[metric_key(alpha, norm)] = 100.0 * float(np.concatenate(parts).mean())
     out["n_pairs"] = len(rows)
     out["n_keypoints"] = int(sum(len(r["img"]) for r in rows))
     return out
