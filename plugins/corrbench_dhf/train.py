@@ -31,6 +31,7 @@ from torch.nn import functional as F
 from corrbench.api import Pair, Preprocess
 from corrbench.distributed import DistContext, init_from_env
 from corrbench.errors import DataError, UsageError
+from corrbench.metrics import metric_key
 
 from . import checkpoint as ck
 from .network import AggregationNetwork, StreamingAggregator, cosine_logits
@@ -128,7 +129,7 @@ def validation_hits(network: AggregationNetwork, source: FeatureSource, pairs: S
     """Per pair, which keypoints are correct at α (``img`` and ``bbox`` normalisation; ``bbox`` None without a box)."""
     from corrbench.api import FeatureGrid
     from corrbench.images import to_load, to_original
-    from corrbench.metrics import correct, metric_key
+    from corrbench.metrics import correct
     from corrbench.readout import nn_transfer
 
     was_training = network.training
