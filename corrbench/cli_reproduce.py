@@ -12,7 +12,6 @@ from pathlib import Path
 
 import click
 
-from .errors import CorrbenchError
 
 
 def _auto_device(device: str) -> str:

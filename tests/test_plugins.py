@@ -43,7 +43,7 @@ def _host_with(monkeypatch, eps):
 
 
 def test_hook_specs_are_documented():
-    for name in ("register_methods", "register_datasets", "register_commands"):
+    for name in ("register_methods", "register_datasets", "register_tables", "register_commands"):
         assert getattr(hookspecs, name).__doc__.strip()
 
 
@@ -165,3 +165,33 @@ def test_listing_does_not_import_heavy_backends():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert "HEAVY []" in out.stdout, out.stdout + out.stderr
     assert "dsift" in out.stdout and "synthetic" in out.stdout
+
+
+def test_register_tables_eagerly_lazily_and_clashes(monkeypatch):
+    from corrbench.errors import UnknownTableError
+    from corrbench.reproduce import DatasetSpec, Row, TableSpec
+
+    table = TableSpec("t1", "Table one", "a test", {"synthetic": DatasetSpec("synthetic", "S", "test", "all", 1, 2)},
+                      (Row("Grey", "grey", "1", "no", {"synthetic": {"img": 1.0, "bbox": 2.0}}),), {"alpha": 0.1})
+
+    def register_tables(register):
+        register(table)
+        register("t2", "corrbench_does_not_exist.mod:TABLE", description="lazy")
+
+    a = _module("a", register_tables=register_tables)
+    b = _module("b", register_tables=lambda register: register(table))
+    with pytest.warns(PluginWarning, match="table 't1' from plugin b clashes"):
+        host = _host_with(monkeypatch, [_FakeEP("a", lambda: a), _FakeEP("b", lambda: b)])
+    assert host.tables.names() == ["t1", "t2"] and host.tables.get("t1") is table
+    assert host.tables.entry("t1").description == "Table one" and host.plugins["a"].tables == ["t1", "t2"]
+    assert host.plugins["a"].as_dict()["tables"] == ["t1", "t2"]
+    with pytest.raises(UnknownTableError, match="known tables: t1, t2"):
+        host.tables.entry("t3")
+
+
+def test_builtin_table_is_registered_by_its_plugin():
+    host = PluginHost()
+    host.load_entry_points()
+    entry = host.tables.entry("dhf-table")
+    assert entry.plugin == "dhf" and entry.lazy
+    assert [r.method for r in entry.load().rows][:2] == ["dino", "dhpf"]

@@ -262,8 +262,13 @@ def test_fresh_lane_matches_the_committed_baseline(lane, tmp_path):
         for metric, value in entry["metrics"].items():
             symbols = records[method]["cells"][metric]
             assert value == pytest.approx(100 * sum(s in "1+" for s in symbols) / n, abs=1e-9), (method, metric)
-    # every nn-readout keypoint has its margins; `corrbench compare` still reads the run and the baseline
-    assert all(p["margins"] is not None and len(p["margins"]) == len(p["distances"]) for p in lane.predictions)
+    # every nn-readout keypoint has its margins (dino's patch-centre readout is pair-conditioned: none);
+    # `corrbench compare` still reads the run and the baseline
+    for p in lane.predictions:
+        if p["method"] == "dino":
+            assert p["margins"] is None
+        else:
+            assert len(p["margins"]) == len(p["local_margins"]) == len(p["distances"]), p["method"]
     from corrbench.cli_reproduce import compare
 
     res = CliRunner().invoke(compare, [str(COMMITTED), str(lane.out_dir), "--two-sided", "--tolerance", "2"])
@@ -278,8 +283,9 @@ def test_one_stable_keypoint_moved_by_a_few_pixels_fails_the_real_lane(lane):
     bad = moved(lane, i, k, 0.1 * p["L_bbox"] + 2 * p["pixel_step"], metric)  # just past the threshold
     cmp = regress.check(bad, COMMITTED)
     assert not cmp.ok
-    assert [(c.method, c.pair, c.index, c.metric, c.before, c.after) for c in cmp.changes] == \
-        [(p["method"], str(p["pair"]), k, metric, "right", "wrong")]
+    # that keypoint, and only it, is listed: in this cell and in the others it crossed (smaller α, img)
+    assert {(c.method, c.pair, c.index) for c in cmp.changes} == {(p["method"], str(p["pair"]), k)}
+    assert (metric, "right", "wrong") in {(c.metric, c.before, c.after) for c in cmp.changes}
     assert f"| {p['method']} | {p['pair']} | {k} | {metric} | right | wrong |" in cmp.render()
 
 

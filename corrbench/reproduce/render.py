@@ -74,7 +74,8 @@ class Outcome:
     def header_lines(self) -> list[str]:
         p = self.plan
         lines = [f"{p.table.title}: paper vs corrbench",
-                 f"PCK@{p.table.alpha:g} in %, pooled over keypoints, original target frame, distance <= {p.table.alpha:g}·L. "
+                 f"PCK@{p.table.alpha:g} in %, pooled over keypoints, original target frame, "
+                 f"distance <= {p.table.alpha:g}·L. "
                  f"Cells: paper / ours (Δ = ours − paper). Verdict tolerance: ±{self.tolerance:g} points.",
                  f"Device {p.device}."]
         for dp in p.datasets:
@@ -127,7 +128,8 @@ class Outcome:
                f"\\begin{{tabular}}{{{spec}}}", "\\toprule"]
         head1 = ["", ""] + [f"\\multicolumn{{{3 * len(norms)}}}{{c}}{{{_latex_escape(dp.spec.label)}}}"
                             for dp in p.datasets] + [""]
-        head2 = ["", ""] + [f"\\multicolumn{{3}}{{c}}{{PCK@{p.table.alpha:g} {n}}}" for _ in p.datasets for n in norms] + [""]
+        head2 = ["", ""] + [f"\\multicolumn{{3}}{{c}}{{PCK@{p.table.alpha:g} {n}}}"
+                            for _ in p.datasets for n in norms] + [""]
         head3 = ["Method", "Layers $\\times$ steps"] + ["paper", "ours", "$\\Delta$"] * n_metric + ["Verdict"]
         out += [" & ".join(head1) + " \\\\", " & ".join(head2) + " \\\\", "\\midrule", " & ".join(head3) + " \\\\",
                 "\\midrule"]
