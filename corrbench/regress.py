@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from .compare import BASELINE_FORMAT, Comparison, cells_from_baseline, compare_cells, load_cells
+from .compare import BASELINE_FORMAT, Comparison, cells_from_baseline, compare_cells
 from .errors import CorrbenchError, UsageError
 
 DATASET = "synthetic"
