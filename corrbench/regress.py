@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .compare import BASELINE_FORMAT, Comparison, cells_from_baseline, compare_cells
-from .errors import CorrbenchError, UsageError
+from .errors import CorrbenchError
 
 DATASET = "synthetic"
 SPLIT = "test"
@@ -57,14 +57,11 @@ TOLERANCE = 0.1
 #: more than the margin itself, so 1e-3 is 5× the worst bound (2 × 1.0e-4) and 43× the worst margin drift.
 EPS = 1e-3
 SEED = 0
-#: inversion steps of the tiny SD (the paper uses 50; 10 keeps the lane fast) and the DHF slots saved
+#: recorded in the baseline for readers: the tiny SD's inversion steps and DHF's saved slots, as the SD and
+#: DHF plugins' tiny configurations set them (corrbench_sd.tiny; the tiny DHF network weights the constant
+#: layers of the tiny UNet 0, see corrbench_dhf.tiny.CONSTANT_LAYERS)
 NUM_STEPS = 10
-SAVE_INDICES = (9, 5, 0)  # clean pass, a middle step, the noisiest: DHF's order, clean first
-#: positions in DHF's layer list that the lane's DHF network leaves out (mixing weight exactly 0). They are
-#: up_blocks[0] of the tiny UNet, which sees a 1×1 latent at the lane's 64-px images: its maps are constant up
-#: to float rounding, and the bottleneck's GroupNorm scales that rounding noise up to unit-size features, so
-#: the network's output moved by 6 % of its scale between CPU capabilities (the other slots: 3e-7).
-CONSTANT_LAYERS = (0, 1, 2)
+SAVE_INDICES = (9, 5, 0)
 
 
 def default_baseline() -> Path:
@@ -73,60 +70,34 @@ def default_baseline() -> Path:
     return default_baseline_path("ci-synthetic")
 
 
-def tiny_models(workdir: str | os.PathLike, seed: int = SEED) -> dict[str, Any]:
-    """Build the tiny seeded models under ``workdir``; return the ``--set`` overrides that select them.
+def tiny_models(workdir: str | os.PathLike, methods=None) -> dict[str, Any]:
+    """``--set`` overrides selecting each registered method's tiny configuration (``tiny_config``).
 
-    The overrides cover every family of the DHF table (SD, DHF incl. the pruned and SD-2.1 rows, DINO,
-    DHPF), so ``corrbench reproduce dhf-table`` can run end to end on them as well.
+    Every method that offers one takes part, built-in or third-party alike: the core asks the
+    methods, it never names a family. The tiny models are written under ``workdir`` (once).
     """
-    import torch
-
-    from corrbench.testing.sd import make_tiny_sd
-    from corrbench_dhf.checkpoint import save_checkpoint
-    from corrbench_dhf.network import AggregationNetwork
-    from corrbench_sd.extractor import LAYERS, SDFeatureExtractor
+    from .plugins import get_host
 
     workdir = Path(workdir)
-    sd = make_tiny_sd(workdir / "tiny-sd", seed=seed)
-    channels = SDFeatureExtractor(str(sd)).layer_channels(LAYERS)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        net = AggregationNetwork(channels, len(SAVE_INDICES), projection_dim=32, num_norm_groups=8)
-        with torch.no_grad():  # distinct mixing weights, so the pruned rows' argmax slot is well defined
-            net.mixing_weights.copy_(torch.randn(net.mixing_weights.shape) * 0.5)
-            for slot in range(net.num_slots):  # softmax gives these exactly 0: see CONSTANT_LAYERS
-                if slot % net.num_layers in CONSTANT_LAYERS:
-                    net.mixing_weights[slot] = -1e4
-    ckpt = save_checkpoint(workdir / "tiny-dhf.pt", net, step=0,
-                           config={"save_timestep": list(SAVE_INDICES), "num_timesteps": NUM_STEPS,
-                                   "num_norm_groups": 8, "projection_dim": 32, "model_id": "tiny-sd",
-                                   "note": f"corrbench CI lane: random weights, seed {seed}"})
-    fast_sd = {"sd.model": str(sd), "sd.image_size": 64, "sd.output_resolution": 16, "sd.load_size": 32,
-               "sd.num_steps": NUM_STEPS, "sd.raw_indices": list(SAVE_INDICES)}
-    dhf = {f"{m}.weights": str(ckpt) for m in ("dhf", "sd-layer-pruned", "dhf-pruned", "dhf-sd21")}
-    dhf["dhf-one-step.weights"] = "random"
-    vit = {"dino.model": "test_vit", "dino.weights": "random", "dino.load_size": 64, "dino.layer": 4}
-    dhpf = {"dhpf.weights": "random", "dhpf.backbone": "resnet50", "dhpf.load_size": 96}
-    return {**fast_sd, **dhf, **vit, **dhpf}
+    workdir.mkdir(parents=True, exist_ok=True)
+    out: dict[str, Any] = {}
+    for entry in get_host().methods.entries():
+        if methods is not None and entry.name not in methods:
+            continue
+        try:
+            cls = entry.load()
+        except CorrbenchError:
+            continue  # a plugin whose extras are not installed
+        cfg = cls.tiny_config(workdir)
+        if cfg is not None:
+            out.update({f"{entry.name}.{k}": v for k, v in cfg.items()})
+    return out
 
 
 def lane_overrides(models: dict[str, Any], methods=METHODS) -> dict[str, Any]:
     """The subset of :func:`tiny_models` overrides that the lane's methods take."""
-    from .config import resolve_overrides
-    from .plugins import get_host
-
-    host = get_host()
-    classes = {m: host.methods.entry(m).load() for m in methods}
-    keep = {}
-    for key, value in models.items():
-        try:
-            resolve_overrides({key: value}, classes)
-            keep[key] = value
-        except UsageError:
-            continue
-    if "random-conv" in methods:
-        keep["random-conv.seed"] = SEED
-    return keep
+    prefixes = tuple(f"{m}." for m in methods)
+    return {k: v for k, v in models.items() if k.startswith(prefixes)}
 
 
 @dataclass

@@ -340,7 +340,7 @@ def test_python_m_regress_exits_1_on_a_failing_baseline_and_0_on_a_passing_one(l
 # Other CPUs: the committed baseline holds under every ATEN_CPU_CAPABILITY and 1 or 2 threads
 # --------------------------------------------------------------------------------------------------
 #: the methods run per capability: the SD rows (features cached in float16, many exact ties), DHF (its
-#: aggregation network once amplified rounding noise, see regress.CONSTANT_LAYERS) and dsift; all 30 pairs,
+#: aggregation network once amplified rounding noise, see corrbench_dhf.tiny.CONSTANT_LAYERS) and dsift; all 30 pairs,
 #: so the committed baseline's rows apply unchanged
 CROSS_METHODS = ("dsift", "sd-layer-4", "dhf")
 

@@ -156,7 +156,9 @@ def fixture_run(tmp_path_factory):
     write_spair_fixture(work / "SPair-71k")
     write_cub_fixture(work / "CUB_200_2011")
     sets = []
-    for key, value in tiny_models(work / "models").items():
+    from corrbench_dhf.table import DHF_TABLE
+
+    for key, value in tiny_models(work / "models", methods={r.method for r in DHF_TABLE.rows}).items():
         sets += ["--set", f"{key}={json.dumps(value) if isinstance(value, list) else value}"]
     args = ["dhf-table", "--data-root", f"spair={work / 'SPair-71k'},cub={work / 'CUB_200_2011'}",
             "--split", "spair=test", "--device", "cpu", "--limit", "4", "--out", str(work / "out"),

@@ -181,7 +181,7 @@ class DHPFDescriptor(_Hyperpixels):
 
     @classmethod
     def tiny_config(cls, workdir):
-        return {"weights": "random", "backbone": "resnet50", "load_size": 64}
+        return {"weights": "random", "backbone": "resnet50", "load_size": 96}
 
     def _backbone_weights(self) -> str:
         spec = str(self.config["backbone_weights"])
@@ -348,7 +348,7 @@ class HPFDescriptor(_Hyperpixels):
 
     @classmethod
     def tiny_config(cls, workdir):
-        return {"weights": "random", "backbone": "resnet50", "load_size": 64}
+        return {"weights": "random", "backbone": "resnet50", "load_size": 96}
 
     def setup(self) -> None:
         self.net = bb.build_resnet(self.config["backbone"], str(self.config["weights"])).to(self.device)

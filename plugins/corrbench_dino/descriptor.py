@@ -111,8 +111,8 @@ class DinoDescriptor(PairConditionedDescriptor):
 
     @classmethod
     def tiny_config(cls, workdir):
-        # timm's 4-block test ViT (patch 16) with random weights, at stride 8 on a 64 px input
-        return {"model": "test_vit", "weights": "random", "layer": 3, "stride": 8, "load_size": 64}
+        # timm's tiny test ViT (patch 16) with random weights on a 64 px input
+        return {"model": "test_vit", "weights": "random", "load_size": 64, "layer": 4}
 
     # -- extraction -----------------------------------------------------------------------------
     def setup(self) -> None:
