@@ -175,6 +175,11 @@ class DinoV2Descriptor(DinoDescriptor):
         **DinoDescriptor.default_config,
         "model": "dinov2_vits14", "layer": -1, "facet": "token", "stride": 14, "bin": False,
     }
+    @classmethod
+    def tiny_config(cls, workdir):
+        # the test ViT's patch is 16 pixels: DINOv2's stride 14 does not divide it
+        return {**super().tiny_config(workdir), "stride": 8}
+
     #: ``--set dinov2.<key>=...`` reaches every DINOv2 size; ``model`` stays per method
     config_namespaces: ClassVar[dict[str, tuple[str, ...]]] = {
         "dinov2": tuple(k for k in default_config if k != "model"),
