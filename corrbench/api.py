@@ -178,6 +178,18 @@ class Descriptor:
             return replace(self.preprocess, load_size=int(self.config["load_size"]))
         return self.preprocess
 
+    #: the registered readout that turns this method's maps into predictions unless ``--readout`` says
+    #: otherwise (see corrbench.readouts); a property when it depends on the config
+    default_readout: ClassVar[str] = "nn"
+
+    def readout_features(self, fmap: "torch.Tensor") -> "torch.Tensor":
+        """The map a readout compares, from a cached C×h×w map (default: the map itself).
+
+        A method whose matching descriptor is a cheap function of a smaller cached map (DINO's
+        log-binning) caches the small map and builds the descriptor here, at readout time.
+        """
+        return fmap
+
     #: True for a method with no learned or random weights at all (dense SIFT, raw colours): its
     #: features are fixed by its code and config alone, so :meth:`weights_identity` is ``"none"``.
     weight_free: ClassVar[bool] = False
@@ -348,9 +360,11 @@ def describe_together(descriptors: "list[Descriptor]", images: "torch.Tensor") -
 class PairConditionedDescriptor(Descriptor):
     """A method whose keypoint transfer depends on the pair (DHPF's gates, Hough matching...).
 
-    Per-image maps from :meth:`extract` are still computed once per image and cached; the runner
-    then calls :meth:`transfer` for each pair instead of the nearest-neighbour readout.
+    Per-image maps from :meth:`extract` are still computed once per image and cached; its default
+    readout, ``pair-conditioned``, then calls :meth:`transfer` for each pair.
     """
+
+    default_readout: ClassVar[str] = "pair-conditioned"
 
     def transfer(self, source_map: "torch.Tensor", target_map: "torch.Tensor",
                  source_grid: FeatureGrid, target_grid: FeatureGrid,

@@ -42,6 +42,10 @@ class UnknownTableError(UnknownNameError):
     kind = "table"
 
 
+class UnknownReadoutError(UnknownNameError):
+    kind = "readout"
+
+
 class DataError(CorrbenchError):
     """A dataset file that is missing, unreadable or malformed. The message names the file."""
 

@@ -39,6 +39,17 @@ def register_datasets(register):
 
 
 @hookspec
+def register_readouts(register):
+    """Register readouts: how a pair's feature maps become predicted keypoints (``--readout NAME``).
+
+    ``register(target)`` with a :class:`corrbench.readouts.Readout` subclass, or
+    ``register(name, "module:Class", description="...")`` for a lazily imported one. A method names
+    its default in ``Descriptor.default_readout``; ``--readout NAME`` overrides it for a whole run and
+    ``--set readout.key=value`` sets the readout's declared settings. See docs/plugins.md.
+    """
+
+
+@hookspec
 def register_tables(register):
     """Register published comparison tables for ``corrbench reproduce <name>``.
 

@@ -9,7 +9,7 @@ A cache entry may be reused only when everything that determines it is unchanged
   release — an editable checkout (``pip install -e``), a plugin module outside any distribution — by
   a digest of its source files, so editing it without bumping a version cannot reuse what the old code
   computed. The core's own code (preprocessing, normalisation) is part of the key the same way;
-* for predictions, also the readout: its name, version and settings.
+* for predictions, also the readout: its name, version and settings (``Readout.identity``).
 """
 
 from __future__ import annotations
@@ -102,16 +102,4 @@ def method_identity(descriptor, weights: str | None = None) -> dict[str, Any]:
     }
 
 
-def readout_identity(descriptor) -> dict[str, Any]:
-    """What a cached prediction depends on beyond the features: the readout, its version and settings."""
-    from .api import PairConditionedDescriptor
-    from .readout import READOUT_VERSION
-
-    if isinstance(descriptor, PairConditionedDescriptor):
-        # the transfer is the method's own code and config, both already in the method identity
-        return {"readout": "pair-conditioned", "version": descriptor.version}
-    return {"readout": "nn-cosine-bilinear", "version": READOUT_VERSION}
-
-
-__all__ = ["core_code_identity", "method_identity", "package_code_identity", "plugin_code_identity",
-           "readout_identity"]
+__all__ = ["core_code_identity", "method_identity", "package_code_identity", "plugin_code_identity"]

@@ -22,7 +22,7 @@ import pluggy
 
 from . import hookspecs
 from .errors import CorrbenchError
-from .registry import DatasetRegistry, MethodRegistry, TableRegistry, make_register
+from .registry import DatasetRegistry, MethodRegistry, ReadoutRegistry, TableRegistry, make_register
 
 ENTRY_POINT_GROUP = "corrbench"
 
@@ -41,6 +41,7 @@ class PluginInfo:
     datasets: list[str] = field(default_factory=list)
     commands: list[str] = field(default_factory=list)
     tables: list[str] = field(default_factory=list)
+    readouts: list[str] = field(default_factory=list)
     error: str = ""
 
     def as_dict(self) -> dict[str, Any]:
@@ -64,8 +65,10 @@ class PluginHost:
         self.methods = MethodRegistry("method")
         self.datasets = DatasetRegistry("dataset")
         self.tables = TableRegistry("table")
+        self.readouts = ReadoutRegistry("readout")
         self.plugins: dict[str, PluginInfo] = {}
         self.problems: list[str] = []
+        self.register_core()
 
     # -- loading -----------------------------------------------------------------------------
     def _fail(self, info: PluginInfo, what: str, exc: BaseException) -> None:
@@ -75,6 +78,13 @@ class PluginHost:
             raise CorrbenchError(message + " [CORRBENCH_STRICT_PLUGINS is set]") from exc
         self.problems.append(message)
         warnings.warn(message, PluginWarning, stacklevel=3)
+
+    def register_core(self) -> None:
+        """The core's own readouts (nn, pair-conditioned), registered through the same hook as a plugin's."""
+        from . import builtin_readouts
+
+        self.register_plugin(builtin_readouts, "corrbench", PluginInfo(name="corrbench", distribution="corrbench",
+                                                                        module=builtin_readouts.__name__))
 
     def load_entry_points(self) -> None:
         allow = _name_list("CORRBENCH_LOAD_PLUGINS")
@@ -111,7 +121,8 @@ class PluginHost:
             return
         for hook_name, registry, bucket in (("register_methods", self.methods, info.methods),
                                             ("register_datasets", self.datasets, info.datasets),
-                                            ("register_tables", self.tables, info.tables)):
+                                            ("register_tables", self.tables, info.tables),
+                                            ("register_readouts", self.readouts, info.readouts)):
             for impl in getattr(self.pm.hook, hook_name).get_hookimpls():
                 if impl.plugin_name != name:
                     continue
@@ -122,13 +133,14 @@ class PluginHost:
                     registry.remove_plugin(name)
                     bucket.clear()
                     self._fail(info, f"failed in {hook_name}", exc)
-        clashes = self.methods.clashes + self.datasets.clashes + self.tables.clashes
+        clashes = self.methods.clashes + self.datasets.clashes + self.tables.clashes + self.readouts.clashes
         self.problems.extend(clashes)
         for clash in clashes:
             warnings.warn(clash, PluginWarning, stacklevel=2)
         self.methods.clashes.clear()
         self.datasets.clashes.clear()
         self.tables.clashes.clear()
+        self.readouts.clashes.clear()
 
     def add_commands(self, cli) -> None:
         for impl in self.pm.hook.register_commands.get_hookimpls():

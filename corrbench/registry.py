@@ -11,7 +11,8 @@ import importlib
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import CorrbenchError, UnknownDatasetError, UnknownMethodError, UnknownNameError, UnknownTableError
+from .errors import (CorrbenchError, UnknownDatasetError, UnknownMethodError, UnknownNameError, UnknownReadoutError,
+                     UnknownTableError)
 
 
 def describe(obj: Any) -> str:
@@ -128,6 +129,12 @@ class MethodRegistry(Registry):
 
 class DatasetRegistry(Registry):
     error_cls = UnknownDatasetError
+
+
+class ReadoutRegistry(Registry):
+    """Readouts (``register_readouts``): ``--readout NAME``."""
+
+    error_cls = UnknownReadoutError
 
 
 class TableRegistry(Registry):

@@ -31,7 +31,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import __version__
-from .api import Dataset, Descriptor, FeatureGrid, Pair, PairConditionedDescriptor, describe_together
+from .api import Dataset, Descriptor, FeatureGrid, Pair, describe_together
 from .cache import FeatureCache, atomic_write_bytes, config_hash, default_cache_dir
 from .config import parse_overrides, resolve_overrides
 from .distributed import DistContext, init_from_env
@@ -41,8 +41,8 @@ from .images import ImageRecord, inspect_image, load_rgb, to_batch, to_load, to_
 from .metrics import ALPHAS, check_alphas, correct, metric_key, pck_table
 from .sampling import stratified_sample
 from .plugins import get_host
-from .identity import method_identity, plugin_code_identity, readout_identity
-from .readout import nn_transfer, target_norms
+from .identity import method_identity, plugin_code_identity
+from .readouts import Readout, ReadoutInput, make_readout
 from .results import SUMMARY_COLUMNS, headline_table, render, write_csv, write_json, write_jsonl
 
 
@@ -72,15 +72,17 @@ class RunResult:
 class _FeatureStore:
     """Feature maps of one method: extracted in batches into the cache, read back through a small LRU."""
 
-    def __init__(self, descriptor: Descriptor, cache: FeatureCache, device: str, lru: int = 32):
+    def __init__(self, descriptor: Descriptor, cache: FeatureCache, device: str, lru: int = 32,
+                 readout: Readout | None = None):
         self.descriptor = descriptor
+        self.readout = readout if readout is not None else make_readout(descriptor.default_readout)
         self.cache = cache
         # predictions also depend on the readout; they live under the method's cache folder, whose
         # name already covers the method, its weights, code and preprocessing
-        self.readout_key = config_hash(readout_identity(descriptor))
+        self.readout_key = config_hash(self.readout.identity())
         self.device = device
         self._lru: OrderedDict[str, tuple[torch.Tensor, FeatureGrid, tuple[int, int]]] = OrderedDict()
-        self._norms: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self._norms: OrderedDict[str, Any] = OrderedDict()
         self._size = lru
 
     def fill(self, images: Sequence[ImageRecord], batch_size: int, progress: bool) -> dict[str, Any]:
@@ -138,11 +140,11 @@ class _FeatureStore:
         np.save(buf, pred.detach().cpu().double().numpy(), allow_pickle=False)
         atomic_write_bytes(self._prediction_path(src, tgt, points_load), buf.getvalue())
 
-    def target_norm(self, rec: ImageRecord) -> torch.Tensor:
-        """Per-pixel norms of the upsampled map, computed once per target image (see readout.py)."""
+    def target_prepared(self, rec: ImageRecord) -> Any:
+        """The readout's per-target work (the nn readout's per-pixel norms), done once per target image."""
         if rec.sha256 not in self._norms:
             fmap, grid, load_hw = self.get(rec)
-            self._norms[rec.sha256] = target_norms(fmap, grid, load_hw)
+            self._norms[rec.sha256] = self.readout.prepare_target(self.descriptor, fmap, grid, load_hw)
             if len(self._norms) > 4 * self._size:
                 self._norms.popitem(last=False)
         return self._norms[rec.sha256]
@@ -293,16 +295,13 @@ def evaluate_method(store: _FeatureStore, pairs: Sequence[Pair], records: dict[P
         s_hw, t_hw = prep.load_hw(src_rec.size), prep.load_hw(tgt_rec.size)
         src_load = torch.from_numpy(to_load(pair.source_points, src_rec.size, s_hw))
         pred_load = store.cached_prediction(src_rec, tgt_rec, src_load)
-        margins = None  # per-keypoint [local, far] similarity margins (nn readout, not cached)
+        margins = None  # per-keypoint [local, far] similarity margins (when the readout reports them; not cached)
         if pred_load is None:
             s_map, s_grid, s_hw = store.get(src_rec)
             t_map, t_grid, t_hw = store.get(tgt_rec)
-            if isinstance(descriptor, PairConditionedDescriptor):
-                with torch.inference_mode():
-                    pred_load = descriptor.transfer(s_map, t_map, s_grid, t_grid, s_hw, t_hw, src_load)
-            else:
-                pred_load, margins = nn_transfer(s_map, t_map, s_grid, t_grid, s_hw, t_hw, src_load,
-                                                 target_norm=store.target_norm(tgt_rec), return_margin=True)
+            out = store.readout.transfer(ReadoutInput(descriptor, s_map, t_map, s_grid, t_grid, s_hw, t_hw, src_load,
+                                                      store.target_prepared(tgt_rec)))
+            pred_load, margins = out.points, out.margins
             store.keep_prediction(src_rec, tgt_rec, src_load, pred_load)
         pred = to_original(pred_load.cpu().numpy(), tgt_rec.size, t_hw)
         dist = np.linalg.norm(pred - pair.target_points, axis=1)
@@ -327,6 +326,35 @@ def evaluate_method(store: _FeatureStore, pairs: Sequence[Pair], records: dict[P
                       "margins": _margin_list(margins, 1), "local_margins": _margin_list(margins, 0)})
     seconds = time.perf_counter() - t0
     return pd.DataFrame(rows), preds, seconds
+
+
+def check_readout_settings(host, readout: str | None, settings: dict[str, Any]) -> None:
+    """``--readout NAME`` names a registered readout and ``--set readout.key`` keys it (or some readout) has.
+
+    Checked before any work; the full check of each method's readout follows when the methods are built.
+    """
+    if readout is not None:
+        make_readout(readout, settings)
+        return
+    if settings:
+        known = {k for e in host.readouts.entries() for k in e.load().default_config}
+        unknown = sorted(set(settings) - known)
+        if unknown:
+            raise UsageError(f"--set readout.{unknown[0]}: no registered readout has the setting {unknown[0]!r}; "
+                             f"settings: {', '.join(sorted(known)) or '(none)'}")
+
+
+def readout_for(descriptor: Descriptor, name: str | None, settings: dict[str, Any]) -> Readout:
+    """The readout a method is read out with: ``name`` (``--readout``) or the method's default.
+
+    Without ``--readout``, ``--set readout.key`` reaches each method's default readout that has the key.
+    """
+    chosen = name or descriptor.default_readout
+    entry_cls = get_host().readouts.entry(chosen).load()
+    config = settings if name else {k: v for k, v in settings.items() if k in entry_cls.default_config}
+    readout = entry_cls(config)
+    readout.check(descriptor)
+    return readout
 
 
 def _split_methods(methods: "str | Sequence[str | Descriptor]") -> list["str | Descriptor"]:
@@ -355,7 +383,7 @@ def run_benchmark(methods: str | Sequence[str], dataset: str, split: str | None 
                   cache_dir: str | os.PathLike | None = None, no_cache: bool = False, skip_invalid: bool = False,
                   compare: str = "le", alphas: Sequence[float] = ALPHAS, progress: bool = True,
                   echo: Callable[[str], None] | None = None, sample: int | None = None,
-                  seed: int = 0) -> RunResult:
+                  seed: int = 0, readout: str | None = None) -> RunResult:
     """Run ``methods`` on ``dataset`` and (when ``out_dir`` is given) write the results folder.
 
     ``limit`` keeps the first N pairs; ``sample`` a seeded subset of N pairs stratified by category
@@ -383,7 +411,11 @@ def run_benchmark(methods: str | Sequence[str], dataset: str, split: str | None 
     ds_entry = host.datasets.entry(dataset)
     ds_cls = ds_entry.load()
     aliases = {a: e.name for e in host.methods.entries() for a in e.aliases}
-    method_cfgs, ds_cfg = resolve_overrides(parse_overrides(overrides), method_classes,
+    parsed = parse_overrides(overrides)
+    readout_cfg = {k.partition(".")[2]: v for k, v in parsed.items() if k.startswith("readout.")}
+    parsed = {k: v for k, v in parsed.items() if not k.startswith("readout.")}
+    check_readout_settings(host, readout, readout_cfg)
+    method_cfgs, ds_cfg = resolve_overrides(parsed, method_classes,
                                             (ds_entry.name, ds_cls), aliases)
     if batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1, got {batch_size}")
@@ -403,7 +435,7 @@ def run_benchmark(methods: str | Sequence[str], dataset: str, split: str | None 
     try:
         return _run(ctx, host, method_classes, method_cfgs, ds_entry, ds_cls, ds_cfg, split, data_root, limit, device,
                     batch_size, out_dir, cache_dir, no_cache, skip_invalid, compare, alphas, progress, echo, started,
-                    prebuilt, sample, seed)
+                    prebuilt, sample, seed, readout, readout_cfg)
     finally:
         ctx.close()
 
@@ -424,7 +456,8 @@ def _fill(ctx: DistContext, stores: list[_FeatureStore], used: Sequence[ImageRec
 
 def _run(ctx: DistContext, host, method_classes, method_cfgs, ds_entry, ds_cls, ds_cfg, split, data_root, limit, device,
          batch_size, out_dir, cache_dir, no_cache, skip_invalid, compare, alphas, progress, echo, started,
-         prebuilt: dict[str, Descriptor] | None = None, sample: int | None = None, seed: int = 0) -> RunResult:
+         prebuilt: dict[str, Descriptor] | None = None, sample: int | None = None, seed: int = 0,
+         readout: str | None = None, readout_cfg: dict[str, Any] | None = None) -> RunResult:
     if ctx.active and no_cache:
         raise UsageError("--no-cache cannot be used with several processes: ranks share features through the cache")
     progress = progress and ctx.is_main
@@ -464,7 +497,8 @@ def _run(ctx: DistContext, host, method_classes, method_cfgs, ds_entry, ds_cls, 
                 warnings.warn(f"{name}: no weights identity (the method declares no weight modules, "
                               "weight_free or weights_identity()); its features are recomputed, not cached",
                               stacklevel=2)
-            stores[name] = _FeatureStore(d, FeatureCache(root, name, identity), device)
+            stores[name] = _FeatureStore(d, FeatureCache(root, name, identity), device,
+                                         readout=readout_for(d, readout, readout_cfg or {}))
         used = sorted({records[x] for pair in pairs for x in (pair.source, pair.target)}, key=lambda r: r.sha256)
         # methods sharing a pass (one SD inversion for every SD-1.5 row) are extracted together first
         costs: dict[str, dict[str, Any]] = {}
@@ -527,7 +561,9 @@ def _run(ctx: DistContext, host, method_classes, method_cfgs, ds_entry, ds_cls, 
             "config_hash": mr.config_hash,
             "weights": mr.weights,
             "preprocess": mr.descriptor.preprocessing().as_dict(),
-            "readout": "pair-conditioned" if isinstance(mr.descriptor, PairConditionedDescriptor) else "nn-cosine-bilinear",
+            "readout": stores[mr.name].readout.name,
+            "readout_config": stores[mr.name].readout.config,
+            "readout_version": stores[mr.name].readout.version,
             "info": mr.descriptor.run_info(),
             "metrics": metrics,
             "per_category": per_category,
@@ -536,7 +572,7 @@ def _run(ctx: DistContext, host, method_classes, method_cfgs, ds_entry, ds_cls, 
             "cost": mr.cost,
             "cache": None if no_cache or mr.weights is None else mr.cache_dir,
             # the full feature-cache key, so a reader can tell exactly what a cached number depended on
-            "cache_key": {**stores[mr.name].cache.identity, "readout": readout_identity(mr.descriptor)},
+            "cache_key": {**stores[mr.name].cache.identity, "readout": stores[mr.name].readout.identity()},
         }
     summary = pd.concat(summary_rows, ignore_index=True)
     breakdown = pd.concat(breakdown_rows, ignore_index=True)

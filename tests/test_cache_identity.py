@@ -141,9 +141,9 @@ def test_prediction_cache_key_covers_the_readout(tmp_path, monkeypatch):
     """Predictions are keyed by the readout's identity too: a new readout version recomputes them."""
     import torch
 
-    from corrbench import readout
     from corrbench.cache import FeatureCache
     from corrbench.images import ImageRecord
+    from corrbench.readouts import NearestNeighbour
     from corrbench.runner import _FeatureStore
     from corrbench_classic.descriptors import DenseSIFT
 
@@ -151,7 +151,7 @@ def test_prediction_cache_key_covers_the_readout(tmp_path, monkeypatch):
     points = torch.zeros(3, 2, dtype=torch.float64)
     cache = FeatureCache(tmp_path, "dsift", {"x": 1})
     before = _FeatureStore(DenseSIFT({}), cache, "cpu")._prediction_path(rec, rec, points)
-    monkeypatch.setattr(readout, "READOUT_VERSION", "test-next")
+    monkeypatch.setattr(NearestNeighbour, "version", "test-next")
     after = _FeatureStore(DenseSIFT({}), cache, "cpu")._prediction_path(rec, rec, points)
     assert before != after and before.parent.parent == after.parent.parent
 

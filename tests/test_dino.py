@@ -288,7 +288,7 @@ def test_keypoint_sized_pattern_is_transferred_to_its_exact_patch_centre(bin_):
     grid = d.feature_grid((96, 112), tuple(maps.shape[-2:]))
     # keypoint = centre of the textured patch, in pixel-index coordinates
     kp = torch.tensor([[src_xy[0] + 3.5, src_xy[1] + 3.5]])
-    pred = d.transfer(maps[0], maps[1], grid, grid, (96, 112), (96, 112), kp)
+    pred = _transfer(d, maps[0], maps[1], grid, (96, 112), (96, 112), kp)
     assert pred.tolist() == [[tgt_xy[0] + 3.5, tgt_xy[1] + 3.5]]
 
 
@@ -330,6 +330,15 @@ def test_factorised_binned_readout_equals_the_materialised_one(hierarchy):
     assert torch.equal(binned_patch_centre_transfer(src, tgt, grid, grid, pts, hierarchy), materialised)
 
 
+def _transfer(d, source_map, target_map, grid, s_hw, t_hw, points):
+    """The method's default readout, as the runner calls it."""
+    from corrbench.readouts import ReadoutInput, make_readout
+
+    readout = make_readout(d.default_readout)
+    prepared = readout.prepare_target(d, target_map, grid, t_hw)
+    return readout.transfer(ReadoutInput(d, source_map, target_map, grid, grid, s_hw, t_hw, points, prepared)).points
+
+
 def test_upsample_nn_mode_hands_binned_maps_to_the_core_readout():
     from corrbench.readout import nn_transfer
 
@@ -338,7 +347,8 @@ def test_upsample_nn_mode_hands_binned_maps_to_the_core_readout():
     maps = d.describe(torch.rand(2, 3, 48, 56))
     grid = d.feature_grid((48, 56), tuple(maps.shape[-2:]))
     pts = torch.tensor([[10.0, 20.0], [40.0, 5.0]])
-    ours = d.transfer(maps[0], maps[1], grid, grid, (48, 56), (48, 56), pts)
+    ours = _transfer(d, maps[0], maps[1], grid, (48, 56), (48, 56), pts)
+    assert d.default_readout == "nn"
     binned = log_bin(maps, 2)
     expected = nn_transfer(binned[0], binned[1], grid, grid, (48, 56), (48, 56), pts)
     assert torch.equal(ours, expected)
@@ -476,7 +486,7 @@ def test_runner_end_to_end_with_random_weights(pattern_host, tmp_path):
                    "dinov2.model": "test_vit", "dinov2.weights": "random", "dinov2.stride": 8, "dinov2.load_size": 64})
     for name, d in (("dino", 64 * 17), ("dinov2", 64)):
         info = res.results["methods"][name]
-        assert info["n_keypoints"] == 8 and info["readout"] == "pair-conditioned"
+        assert info["n_keypoints"] == 8 and info["readout"] == "patch-centre"
         assert info["info"]["descriptor_dim"] == d
         assert 0.0 <= info["metrics"]["pck@0.10_bbox"] <= 1.0
     assert (tmp_path / "out" / "results.json").exists()

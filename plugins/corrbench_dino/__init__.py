@@ -20,6 +20,12 @@ _METHODS = {
 
 
 @corrbench.hookimpl
+def register_readouts(register):
+    register("patch-centre", "corrbench_dino.readout:PatchCentre",
+             description="the patch holding the keypoint, cosine argmax over target patches, the patch centre")
+
+
+@corrbench.hookimpl
 def register_methods(register):
     for name, (cls, description) in _METHODS.items():
         register(name, f"corrbench_dino.descriptor:{cls}", description=description, extras=("dino",))

@@ -1,10 +1,10 @@
 """The ``dino`` and ``dinov2*`` methods: dino-vit-features descriptors on timm ViTs.
 
-Both are :class:`~corrbench.PairConditionedDescriptor` s for one reason: the dino-vit-features readout
-(``predict_mode=patch_center``, the default) predicts the centre of the best target *patch*, which the
-core's pixel-level nearest-neighbour readout cannot express. ``predict_mode=upsample_nn`` hands the
-same descriptors to the core readout (:func:`corrbench.readout.nn_transfer`,
-docs/protocol.md#nearest-neighbour-readout) instead.
+Their default readout is ``patch-centre`` (registered by this plugin, :class:`.readout.PatchCentre`):
+the dino-vit-features recipe predicts the centre of the best target *patch*, which the core's
+pixel-level nearest-neighbour readout does not. ``predict_mode=upsample_nn`` (or ``--readout nn``)
+reads the same binned descriptors out with the core's ``nn`` readout
+(docs/protocol.md#nearest-neighbour-readout) instead.
 
 What is cached per image is the facet map *before* log-binning (384 channels for ViT-S). Binning is a
 fixed, parameter-free pooling (:mod:`.binning`), applied when a pair is matched: the 6,528-channel
@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from corrbench.api import FeatureGrid, PairConditionedDescriptor, Preprocess
+from corrbench.api import Descriptor, FeatureGrid, Preprocess
 from corrbench.errors import UsageError
 from corrbench.options import Option
 from corrbench.requirements import Requirement
@@ -38,7 +38,7 @@ PREDICT_MODES = ("patch_center", "upsample_nn")
 RESIZE_MODES = ("short_side", "square")
 
 
-class DinoDescriptor(PairConditionedDescriptor):
+class DinoDescriptor(Descriptor):
     """DINO ViT-S/8, key facet of block 9, stride 4, log-binned: dino-vit-features' correspondence recipe."""
 
     name = "dino"
@@ -141,18 +141,20 @@ class DinoDescriptor(PairConditionedDescriptor):
         self._binned = [(fmap, binned)] + self._binned[:1]
         return binned
 
-    def transfer(self, source_map: torch.Tensor, target_map: torch.Tensor, source_grid: FeatureGrid,
-                 target_grid: FeatureGrid, source_load_hw: tuple[int, int], target_load_hw: tuple[int, int],
-                 source_points: torch.Tensor) -> torch.Tensor:
-        if self.config["predict_mode"] == "patch_center":
-            if self.config["bin"]:  # same argmax as on the binned maps, without building them
-                return binned_patch_centre_transfer(source_map, target_map, source_grid, target_grid, source_points,
-                                                    int(self.config["hierarchy"]))
-            return patch_centre_transfer(source_map, target_map, source_grid, target_grid, source_points)
-        from corrbench.readout import nn_transfer
+    @property
+    def default_readout(self) -> str:
+        return "patch-centre" if self.config["predict_mode"] == "patch_center" else "nn"
 
-        src, tgt = self.descriptors(source_map), self.descriptors(target_map)
-        return nn_transfer(src, tgt, source_grid, target_grid, source_load_hw, target_load_hw, source_points)
+    def readout_features(self, fmap: torch.Tensor) -> torch.Tensor:
+        return self.descriptors(fmap)
+
+    def patch_centre_transfer(self, source_map: torch.Tensor, target_map: torch.Tensor, source_grid: FeatureGrid,
+                              target_grid: FeatureGrid, source_points: torch.Tensor) -> torch.Tensor:
+        """The ``patch-centre`` readout on the cached facet maps (binned on the fly, or never built)."""
+        if self.config["bin"]:  # same argmax as on the binned maps, without building them
+            return binned_patch_centre_transfer(source_map, target_map, source_grid, target_grid, source_points,
+                                                int(self.config["hierarchy"]))
+        return patch_centre_transfer(source_map, target_map, source_grid, target_grid, source_points)
 
     def run_info(self) -> dict[str, Any]:
         info: dict[str, Any] = {"timm_model": self.spec.timm_name, "hf_hub_id": self.spec.hf_hub_id,

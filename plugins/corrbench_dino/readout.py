@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from corrbench.api import FeatureGrid
+from corrbench.readouts import Readout, ReadoutInput, ReadoutOutput
 
 #: target cells compared per chunk of source points (bounds memory for big maps)
 _CHUNK = 256
@@ -94,3 +95,18 @@ def binned_patch_centre_transfer(source_map: torch.Tensor, target_map: torch.Ten
             norm2 += _shift(sq, dy, dx)
     best = (dots / norm2.sqrt().clamp_min(1e-12)).flatten(1).argmax(dim=1)
     return cell_centres(best // wt, best % wt, target_grid)
+
+
+class PatchCentre(Readout):
+    """dino-vit-features: the patch holding the keypoint, cosine argmax over target patches, its centre."""
+
+    name = "patch-centre"
+    description = "the patch holding the keypoint, cosine argmax over target patches, the patch centre (dino-vit-features)"
+
+    def transfer(self, x: ReadoutInput) -> ReadoutOutput:
+        own = getattr(x.descriptor, "patch_centre_transfer", None)  # a method may know a faster exact form
+        if own is not None:
+            return ReadoutOutput(own(x.source_map, x.target_map, x.source_grid, x.target_grid, x.source_points))
+        d = x.descriptor
+        return ReadoutOutput(patch_centre_transfer(d.readout_features(x.source_map), d.readout_features(x.target_map),
+                                                   x.source_grid, x.target_grid, x.source_points))
