@@ -68,9 +68,12 @@ def cli(ctx: click.Context, debug: bool) -> None:
 @click.option("--skip-invalid", is_flag=True, help="Skip (and count) malformed pairs instead of stopping.")
 @click.option("--compare", type=click.Choice(["le", "lt"]), default="le", show_default=True,
               help="A keypoint is correct when dist ≤ αL (le) or dist < αL (lt).")
+@click.option("--readout", default=None, metavar="NAME",
+              help="Read every method out with this registered readout (default: each method's own; "
+                   "`corrbench list readouts`). Its settings: --set readout.KEY=VALUE.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars or status lines; only the table and errors.")
 def run(methods, dataset, split, data_root, limit, sample, seed, alphas, device, batch_size, out_dir, overrides,
-        cache_dir, no_cache, skip_invalid, compare, quiet) -> None:
+        cache_dir, no_cache, skip_invalid, compare, readout, quiet) -> None:
     """Evaluate METHODS on a dataset and write a results folder."""
     from .metrics import ALPHAS, check_alphas
     from .runner import run_benchmark
@@ -81,7 +84,7 @@ def run(methods, dataset, split, data_root, limit, sample, seed, alphas, device,
     result = run_benchmark(methods, dataset, split=split, data_root=data_root, overrides=list(overrides),
                            limit=limit, device=device, batch_size=batch_size, out_dir=out_dir, cache_dir=cache_dir,
                            no_cache=no_cache, skip_invalid=skip_invalid, compare=compare, alphas=alphas,
-                           sample=sample, seed=seed, progress=not quiet,
+                           sample=sample, seed=seed, readout=readout, progress=not quiet,
                            echo=None if quiet else (lambda s: click.echo(s, err=True)))
     if not result.results:  # a non-zero rank of a distributed run: rank 0 reports
         return
@@ -94,16 +97,16 @@ def run(methods, dataset, split, data_root, limit, sample, seed, alphas, device,
 
 
 @cli.command("list")
-@click.argument("kind", type=click.Choice(["methods", "datasets", "all"]), default="all")
+@click.argument("kind", type=click.Choice(["methods", "datasets", "readouts", "all"]), default="all")
 @click.argument("pattern", required=False)
 @click.option("--options", "show_options", is_flag=True,
               help="Also list each one's config keys (--set NAME.KEY=VALUE): type, default, doc, choices or range.")
 def list_(kind: str, pattern: str | None, show_options: bool) -> None:
-    """List registered methods and datasets (PATTERN: shell wildcard, e.g. 'sd-*')."""
+    """List registered methods, datasets and readouts (PATTERN: shell wildcard, e.g. 'sd-*')."""
     from .plugins import get_host
 
     host = get_host()
-    for title, registry in (("methods", host.methods), ("datasets", host.datasets)):
+    for title, registry in (("methods", host.methods), ("datasets", host.datasets), ("readouts", host.readouts)):
         if kind not in (title, "all"):
             continue
         entries = registry.entries(pattern)

@@ -140,7 +140,13 @@ class SDDescriptor(corrbench.Descriptor):
     def __init__(self, config: dict[str, Any] | None = None, device: str = "cpu"):
         super().__init__(config, device)
         self.schedule = DDIMSchedule(_as_int(self.config["num_steps"], "sd.num_steps"))
-        self.raw_indices = self.schedule.check_indices(self.config["raw_indices"])
+        try:
+            self.raw_indices = self.schedule.check_indices(self.config["raw_indices"])
+        except UsageError:
+            if self.config["raw_indices"] != SD_SHARED_DEFAULTS["raw_indices"]:
+                raise  # set explicitly, and wrong: say so now
+            # the paper's default indices only fit 50 steps; other step counts need them only for --raw
+            self.raw_indices = None
         check_runtime_config(self.config, device)
         self._weights_identity: str | None = None
         self.validate_config()
@@ -198,6 +204,9 @@ class SDDescriptor(corrbench.Descriptor):
     def extract_raw(self, images):
         """(B, S, C_total, R, R) float32 on the CPU: every saved step of ``raw_indices`` (inversion order),
         the 12 layers concatenated along channels in DHF's order — the aggregation network's input."""
+        if self.raw_indices is None:
+            raise UsageError(f"sd.raw_indices {self.config['raw_indices']} do not fit sd.num_steps="
+                             f"{self.config['num_steps']}; set sd.raw_indices to steps in 0..{int(self.config['num_steps']) - 1}")
         import torch
 
         self.ensure_ready()
