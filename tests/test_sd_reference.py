@@ -145,6 +145,12 @@ def cli(setup):
         cmd = extract_command(method, paths, out, sets, raw)
         procs[name] = (cmd, out, subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                                    env=env))
+    # and `corrbench run`: one synthetic pair through dhf; its feature cache holds what PCK was computed on
+    run_cmd = [*corrbench_command(), "run", "-q", "-m", "dhf", "--limit", "1", "--device", "cpu",
+               "--out", str(root / "run"), "--cache-dir", str(root / "run-cache"),
+               *sd, "--set", "sd.latent=mode", "--set", f"dhf.weights={ckpt}"]
+    procs["run"] = (run_cmd, root / "run-cache", subprocess.Popen(run_cmd, stdout=subprocess.PIPE,
+                                                                   stderr=subprocess.PIPE, text=True, env=env))
     results = {}
     for name, (cmd, out, proc) in procs.items():
         try:
@@ -353,3 +359,30 @@ def test_cli_dhf_hyperfeatures_match_a_float64_aggregation(setup, cli, reference
         assert err <= TOLERANCE, f"{path.stem}: dhf rel. error {err:.3g}"
         worst = max(worst, err)
     print(f"dhf: worst relative error {worst:.3g}")
+
+
+def test_cli_run_computes_pck_on_the_reference_hyperfeatures(setup, cli, reference):
+    """``corrbench run -m dhf``: the features its PCK was computed on (its float32 feature cache, one entry per
+    image, named by the image's sha256) equal the float64 reference; the run itself succeeded and scored them."""
+    cmd, cache, rc, stdout, stderr = cli[0]["run"]
+    assert rc == 0, f"{' '.join(cmd)}\n{stdout[-2000:]}\n{stderr[-4000:]}"
+    root = setup[0]
+    results = json.loads((root / "run" / "results.json").read_text())["methods"]["dhf"]
+    assert results["n_pairs"] == 1 and "pck@0.10_bbox" in results["metrics"]
+    pred = json.loads((root / "run" / "predictions.jsonl").read_text().splitlines()[0])
+    ckpt = cli[1]
+    state = {k: v.double() for k, v in torch.load(ckpt, weights_only=True)["aggregation_network"].items()}
+    mixing = torch.softmax(state["mixing_weights"], dim=0)
+    L = len(LAYERS)
+    folder = Path(results["cache"])
+    assert folder.parent == cache
+    for image in (pred["source"], pred["target"]):
+        sha = hashlib.sha256(Path(image).read_bytes()).hexdigest()
+        with safe_open(str(folder / sha[:2] / f"{sha}.safetensors"), "pt") as f:
+            got = f.get_tensor("features")
+        assert got.dtype == torch.float32
+        ref = reference.features(load_image(Path(image)), "mode")
+        total = sum(mixing[s * L + n] * bottleneck(state, f"bottleneck_layers.{n}.0", ref[(k, n)][None], DHF_GROUPS)
+                    for s, k in enumerate(RAW) for n in range(L))
+        err = rel_error(got, total[0])
+        assert err <= TOLERANCE, f"{image}: run's dhf features, rel. error {err:.3g}"
