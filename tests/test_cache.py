@@ -47,13 +47,14 @@ def test_no_temporary_files_left_behind(tmp_path):
 
 def test_warm_rerun_reuses_predictions_and_recovers_from_a_bad_one(tmp_path, synthetic_dataset, monkeypatch):
     import corrbench.runner as runner
+    from corrbench.readouts import NearestNeighbour
 
     first = runner.run_benchmark("colour-patch", "synthetic", limit=5, cache_dir=tmp_path, progress=False)
 
     def no_readout(*args, **kwargs):
         raise AssertionError("the readout ran although its predictions were cached")
 
-    monkeypatch.setattr(runner, "nn_transfer", no_readout)
+    monkeypatch.setattr(NearestNeighbour, "transfer", no_readout)
     second = runner.run_benchmark("colour-patch", "synthetic", limit=5, cache_dir=tmp_path, progress=False)
     assert first.summary.equals(second.summary)
 
