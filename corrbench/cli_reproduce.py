@@ -114,8 +114,10 @@ def table_command(name: str, description: str = "") -> click.Command:
 @click.option("--allow-missing", is_flag=True, help="Do not fail on baseline cells absent from the results.")
 @click.option("--format", "fmt", type=click.Choice(["md", "csv"]), default="md", show_default=True)
 @click.option("--changes-only", is_flag=True, help="Show only the cells that are not 'ok'.")
+@click.option("--quiet", "-q", is_flag=True, help="Print only the PASS/FAIL summary line (and notes).")
 @click.pass_context
-def compare(ctx, baseline, results, tolerance, metrics, methods, two_sided, allow_missing, fmt, changes_only) -> None:
+def compare(ctx, baseline, results, tolerance, metrics, methods, two_sided, allow_missing, fmt, changes_only,
+            quiet) -> None:
     """Compare RESULTS with BASELINE cell by cell; exit status 1 when a cell drops by more than the tolerance.
 
     Each of BASELINE and RESULTS is a run folder, a folder of run folders (`corrbench reproduce` output)
@@ -126,8 +128,9 @@ def compare(ctx, baseline, results, tolerance, metrics, methods, two_sided, allo
     split = (lambda v: [x.strip() for x in v.split(",") if x.strip()] if v else None)  # noqa: E731
     cmp = compare_paths(baseline, results, tolerance=tolerance, metrics=split(metrics), methods=split(methods),
                         two_sided=two_sided, allow_missing=allow_missing)
-    click.echo(f"baseline: {baseline}\nresults:  {results}\n")
-    click.echo(cmp.render(fmt, "changes" if changes_only else "all"), nl=False)
+    if not quiet:
+        click.echo(f"baseline: {baseline}\nresults:  {results}\n")
+        click.echo(cmp.render(fmt, "changes" if changes_only else "all"), nl=False)
     for note in cmp.notes:
         click.echo(f"note: {note}")
     click.echo(cmp.summary_line())
@@ -143,13 +146,17 @@ def compare(ctx, baseline, results, tolerance, metrics, methods, two_sided, allo
               help="Allowed change in PCK points, either direction (default: the lane's, see regress.py).")
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=None, help="Keep the run folder here.")
 @click.option("--data-root", type=click.Path(path_type=Path), default=None, help="Where the synthetic data lives.")
+@click.option("--quiet", "-q", is_flag=True, help="Print only the PASS/FAIL summary line.")
 @click.pass_context
-def regress(ctx, update, baseline, tolerance, out_dir, data_root) -> None:
+def regress(ctx, update, baseline, tolerance, out_dir, data_root, quiet) -> None:
     """The CI regression lane: a small deterministic run compared with committed PCK numbers."""
     from . import regress as lane
 
+    last = []  # with --quiet only the last line (the summary) is shown
     ok = lane.main(update=update, baseline=baseline, tolerance=tolerance, out_dir=out_dir, data_root=data_root,
-                   echo=click.echo)
+                   echo=last.append if quiet else click.echo)
+    if quiet and last:
+        click.echo(last[-1])
     if not ok:
         ctx.exit(1)
 

@@ -52,7 +52,7 @@ def _print_mapping(d: dict[str, Any], indent: int = 0) -> None:
             click.echo(f"{pad}{k}: {v}")
 
 
-_root_option = click.option("--root", type=click.Path(path_type=Path), default=None,
+_root_option = click.option("--data-root", "--root", "root", type=click.Path(path_type=Path), default=None,
                             help="Dataset folder (default: $CORRBENCH_DATA/<name> or the user cache).")
 _set_option = click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
                            help="Dataset config, e.g. --set pairs=FILE (repeatable).")
