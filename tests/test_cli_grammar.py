@@ -108,3 +108,13 @@ def test_extract_recurses_streams_and_matches_describe(tmp_path):
     centre = got.view(3, 49, 16, 16)[:, 24].double().numpy()  # channel-major patch, middle element
     np.testing.assert_allclose(centre, img[::2, ::2].transpose(2, 0, 1), atol=1e-6)
     assert not list(tmp_path.glob(".f.safetensors.*"))  # no temporary file left behind
+
+
+def test_quiet_compare_prints_the_verdict_only_and_data_takes_data_root(tmp_path):
+    baseline = Path(__file__).resolve().parents[1] / "benchmarks" / "baselines" / "dhf-paper.json"
+    proc = _cli(tmp_path, "compare", str(baseline), str(baseline), "-q")
+    assert proc.returncode == 0, proc.stderr
+    assert [line for line in proc.stdout.splitlines() if line.strip()][-1].startswith("PASS")
+    assert "|" not in proc.stdout  # no table
+    verify = _cli(tmp_path, "data", "verify", "spair", "--data-root", str(tmp_path / "missing"))
+    assert verify.returncode == 1 and str(tmp_path / "missing") in verify.stdout + verify.stderr
