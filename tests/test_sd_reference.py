@@ -369,6 +369,7 @@ def test_cli_run_computes_pck_on_the_reference_hyperfeatures(setup, cli, referen
     root = setup[0]
     results = json.loads((root / "run" / "results.json").read_text())["methods"]["dhf"]
     assert results["n_pairs"] == 1 and "pck@0.10_bbox" in results["metrics"]
+    assert results["info"]["latent"].startswith("VAE posterior mean (mode)")  # results.json says how latents were drawn
     pred = json.loads((root / "run" / "predictions.jsonl").read_text().splitlines()[0])
     ckpt = cli[1]
     state = {k: v.double() for k, v in torch.load(ckpt, weights_only=True)["aggregation_network"].items()}

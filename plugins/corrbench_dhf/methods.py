@@ -279,7 +279,10 @@ class DHF(_DHFBase):
         return out
 
     def run_info(self) -> dict[str, Any]:
-        info: dict[str, Any] = {"sd_model": str(self.config["model"]), **self._checkpoint_info()}
+        from corrbench_sd.extractor import latent_rule
+
+        info: dict[str, Any] = {"sd_model": str(self.config["model"]), **self._checkpoint_info(),
+                                "latent": latent_rule(str(self.config["latent"]), int(self.config["seed"]))}
         net = getattr(self, "network", None)
         if net is not None:
             import torch

@@ -33,6 +33,17 @@ LAYERS: tuple[tuple[int, int], ...] = ((0, 0), (0, 1), (0, 2), (1, 0), (1, 1), (
 PAPER_SAVE_INDICES: tuple[int, ...] = (49, 45, 40, 35, 30, 25, 20, 15, 10, 5, 0)
 LATENT_MODES = ("sample", "mode")
 
+
+def latent_rule(latent: str, seed: int) -> str:
+    """How the latent of an image is drawn, in words, for results.json (what changed in version 2)."""
+    if latent == "mode":
+        return "VAE posterior mean (mode) x scaling factor; no noise"
+    return (f"VAE posterior mean + std * eps x scaling factor; eps ~ N(0, I) from a CPU generator seeded per image "
+            f"with sha256('{int(seed)}:HxW:' + the image's float32 bytes before resizing)[:8] (little-endian, "
+            f"63 bits), so source and target draw different noise and the batch cannot change it "
+            f"(corrbench_sd.extractor.posterior_seed; before corrbench-sd method version 2 every image drew the "
+            f"same noise)")
+
 Consume = Callable[[int, int, "object"], None]
 
 

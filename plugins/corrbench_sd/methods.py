@@ -193,8 +193,11 @@ class SDDescriptor(corrbench.Descriptor):
         return [sd_requirement(self.config["model"], self.config["weights"])]
 
     def run_info(self) -> dict[str, Any]:
+        from .extractor import latent_rule
+
         info: dict[str, Any] = {"sd_model": str(self.config["model"]), "weights": self.weights_identity(),
-                                "scheduler": "DDIM (paper config, eta=0, UNet t=-1 first)"}
+                                "scheduler": "DDIM (paper config, eta=0, UNet t=-1 first)",
+                                "latent": latent_rule(str(self.config["latent"]), int(self.config["seed"]))}
         extractor = getattr(self, "extractor", None)
         if extractor is not None and extractor._components is not None:
             comps = extractor.components
