@@ -127,6 +127,57 @@ class FeatureCache:
         self.hits += 1
         return feats, meta
 
+    # -- the record of one image's map: features, the grid they lie on, the load size ------------
+    def has(self, image_sha: str) -> bool:
+        return self._path(image_sha).exists()
+
+    def put_map(self, image_sha: str, features: torch.Tensor, grid, load_hw: tuple[int, int], image: str) -> None:
+        """Store a C×h×w map with where its cells lie (:class:`~corrbench.FeatureGrid`) and its load size."""
+        meta = {"grid": ",".join(repr(v) for v in (grid.stride_x, grid.stride_y, grid.offset_x, grid.offset_y)),
+                "load_hw": f"{load_hw[0]},{load_hw[1]}", "image": image}
+        self.put(image_sha, features, meta)
+
+    def get_map(self, image_sha: str):
+        """``(features, grid, load_hw)`` of an image, or None when absent (or corrupt: then it is removed)."""
+        from .api import FeatureGrid
+
+        hit = self.get(image_sha)
+        if hit is None:
+            return None
+        feats, meta = hit
+        grid = FeatureGrid(*(float(v) for v in meta["grid"].split(",")))
+        load_hw = tuple(int(v) for v in meta["load_hw"].split(","))
+        return feats, grid, load_hw
+
+    # -- predictions: keyed by the readout's identity, the two images and the source points ---------
+    def prediction_path(self, readout_key: str, source_sha: str, target_sha: str, points: torch.Tensor) -> Path:
+        key = hashlib.sha256(f"{readout_key}|{source_sha}|{target_sha}|".encode()
+                             + points.double().numpy().tobytes()).hexdigest()
+        return self.dir / "predictions" / key[:2] / f"{key}.npy"
+
+    def get_prediction(self, readout_key: str, source_sha: str, target_sha: str,
+                       points: torch.Tensor) -> torch.Tensor | None:
+        import numpy as np
+
+        path = self.prediction_path(readout_key, source_sha, target_sha, points)
+        try:
+            pred = np.load(path, allow_pickle=False)
+        except (OSError, ValueError, EOFError):
+            return None  # absent, or unreadable: recomputed and rewritten
+        if pred.shape != (len(points), 2):
+            return None
+        return torch.from_numpy(pred)
+
+    def put_prediction(self, readout_key: str, source_sha: str, target_sha: str, points: torch.Tensor,
+                       pred: torch.Tensor) -> None:
+        import io
+
+        import numpy as np
+
+        buf = io.BytesIO()
+        np.save(buf, pred.detach().cpu().double().numpy(), allow_pickle=False)
+        atomic_write_bytes(self.prediction_path(readout_key, source_sha, target_sha, points), buf.getvalue())
+
     def put(self, image_sha: str, features: torch.Tensor, meta: dict[str, str]) -> None:
         if not (self.dir / "config.json").exists():
             atomic_write_bytes(self.dir / "config.json",

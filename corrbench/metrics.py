@@ -13,6 +13,8 @@ Values are percentages.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from typing import Sequence
 
 import numpy as np
@@ -94,3 +96,36 @@ def pck_table(keypoints: pd.DataFrame, alphas: Sequence[float] = ALPHAS, compare
                 rows.append(("all" if group == "_all" else group, level, norm, "image", float(a),
                              100.0 * image.at[level, c], int(image_n[level])))
     return pd.DataFrame(rows, columns=["group", "level", "norm", "average", "alpha", "value", "n"])
+
+
+@dataclass
+class MethodScore:
+    """A method's scores: long-format overall and breakdown rows, the headline metrics, per category."""
+
+    summary: pd.DataFrame
+    breakdown: pd.DataFrame
+    metrics: dict[str, float]
+    per_category: dict[str, dict[str, float]]
+
+
+def score_method(keypoints: pd.DataFrame, alphas: Sequence[float], compare: str, flags: Sequence[str],
+                 labels: dict[str, str]) -> MethodScore:
+    """Score one method's keypoint table (a row per keypoint: dist, L_bbox, L_img, dist_load, L_load, category,
+    flags): PCK at every α, norm and average, overall and per group, plus the load-frame number also logged."""
+    from .results import SUMMARY_COLUMNS
+
+    table = pck_table(keypoints, alphas, compare, groups=("category", *flags))
+    for i, key in enumerate(("method", "dataset", "split")):
+        table.insert(i, key, labels[key])
+    table.insert(3, "metric", "pck")
+    overall = table[table["group"] == "all"]
+    point = overall[overall["average"] == "point"]
+    metrics = {metric_key(a, norm): float(v) for a, norm, v in zip(point["alpha"], point["norm"], point["value"])}
+    # the DHF notebooks score in the load frame (docs/protocol.md#p11-load-frame-scoring): logged, not the headline
+    metrics["pck@0.10_img_loadframe"] = float(100 * correct(keypoints["dist_load"], 0.1 * keypoints["L_load"],
+                                                            compare).mean())
+    per_category = {
+        str(level): {metric_key(a, norm): float(v) for a, norm, v in zip(g["alpha"], g["norm"], g["value"])}
+        for level, g in table[(table["group"] == "category") & (table["average"] == "point")].groupby("level")
+    }
+    return MethodScore(overall[SUMMARY_COLUMNS], table[table["group"] != "all"], metrics, per_category)

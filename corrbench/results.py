@@ -102,3 +102,105 @@ def load_run(run_dir: Path) -> tuple[dict[str, Any], pd.DataFrame]:
     if missing:
         raise CorrbenchError(f"{summary_path}: missing columns {', '.join(sorted(missing))}")
     return results, summary
+
+
+# ------------------------------------------------------------------------------------------------
+# results.json: assembled here, from what the runner measured
+# ------------------------------------------------------------------------------------------------
+def git_hash() -> str | None:
+    import subprocess
+
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).resolve().parent)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def environment(device: str) -> dict[str, Any]:
+    """Versions and the device, for results.json."""
+    import sys
+    from importlib import metadata
+
+    import torch
+
+    env: dict[str, Any] = {"python": sys.version.split()[0], "platform": sys.platform, "torch": torch.__version__,
+                           "device": device}
+    if device.startswith("cuda") and torch.cuda.is_available():
+        env["gpu"] = torch.cuda.get_device_name(torch.device(device))
+    for pkg in ("diffusers", "transformers", "timm", "kornia", "numpy", "pandas"):
+        try:
+            env[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            pass
+    return env
+
+
+
+def method_entry(descriptor, *, plugin: str, plugin_version: str, config_hash: str, weights: str | None, readout,
+                 metrics: dict[str, float], per_category: dict[str, Any], n_pairs: int, n_keypoints: int,
+                 cost: dict[str, Any], cache: str | None, cache_key: dict[str, Any]) -> dict[str, Any]:
+    """One method's entry of results.json: what ran (code, config, weights, readout) and what it scored."""
+    return {
+        "plugin": plugin,
+        "plugin_version": plugin_version,
+        "method_version": descriptor.version,
+        "config": descriptor.config,
+        "config_hash": config_hash,
+        "weights": weights,
+        "preprocess": descriptor.preprocessing().as_dict(),
+        "readout": readout.name,
+        "readout_config": readout.config,
+        "readout_version": readout.version,
+        "info": descriptor.run_info(),
+        "metrics": metrics,
+        "per_category": per_category,
+        "n_pairs": n_pairs,
+        "n_keypoints": n_keypoints,
+        "cost": cost,
+        "cache": cache,
+        # the full feature-cache key, so a reader can tell exactly what a cached number depended on
+        "cache_key": {**cache_key, "readout": readout.identity()},
+    }
+
+
+def assemble_results(dataset: dict[str, Any], methods: dict[str, Any], *, alphas, compare: str, device: str,
+                     processes: int, seconds: float) -> dict[str, Any]:
+    """The whole results.json (lm-eval style: it describes itself without the command line)."""
+    import datetime as _dt
+    import sys
+
+    from . import __version__
+
+    return {
+        "corrbench_version": __version__,
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "git_hash": git_hash(),
+        "command": sys.argv,
+        "env": {**environment(device), "processes": processes},
+        "dataset": dataset,
+        "protocol": {"alphas": list(alphas), "compare": compare, "frame": "original target image",
+                     "also_logged": "pck@0.10_img_loadframe: distances and L = max(load H, W) in the target load "
+                                    "frame, as the DHF notebooks score (docs/protocol.md#p11-load-frame-scoring)",
+                     "norms": {"bbox": "max side of the target box", "img": "max(W, H) of the target image"},
+                     "averages": {"point": "pooled over keypoints", "image": "mean of per-pair accuracy"}},
+        "higher_is_better": {"pck": True},
+        "methods": methods,
+        "total_seconds": seconds,
+    }
+
+
+def write_run_folder(out: Path, results: dict[str, Any], summary: pd.DataFrame, breakdown: pd.DataFrame,
+                     table: pd.DataFrame, predictions: Iterable[dict[str, Any]]) -> None:
+    """Every file of a run folder, each atomically; results.json last, so its presence marks a complete run."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        write_jsonl(out / "predictions.jsonl", predictions)
+        write_csv(out / "summary.csv", summary)
+        write_csv(out / "breakdown.csv", breakdown)
+        atomic_write_bytes(out / "summary.md", render(table, "md").encode())
+        write_json(out / "results.json", results)
+    except OSError as exc:  # disk full, folder removed or made read-only during the run
+        raise CorrbenchError(f"could not write the results to {out}: {exc.strerror or exc}"
+                             + (f" ({exc.filename})" if exc.filename else "")) from exc

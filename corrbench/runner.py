@@ -6,21 +6,15 @@ in the content-addressed cache (:mod:`corrbench.cache`), so a rerun only reads t
 
 from __future__ import annotations
 
-import datetime as _dt
-import hashlib
-import io
 import json
 import os
 import resource
 import shutil
-import subprocess
-import sys
 import tempfile
 import time
 import warnings
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from importlib import metadata
 from itertools import islice
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -30,20 +24,19 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from . import __version__
 from .api import Dataset, Descriptor, FeatureGrid, Pair, describe_together
-from .cache import FeatureCache, atomic_write_bytes, config_hash, default_cache_dir
+from .cache import FeatureCache, config_hash, default_cache_dir
 from .config import parse_overrides, resolve_overrides
 from .distributed import DistContext, init_from_env
 from .errors import CorrbenchError, DataError, UsageError
 from .fsmode import check_writable_dir
 from .images import ImageRecord, inspect_image, load_rgb, to_batch, to_load, to_original
-from .metrics import ALPHAS, check_alphas, correct, metric_key, pck_table
+from .metrics import ALPHAS, check_alphas, score_method
 from .sampling import stratified_sample
 from .plugins import get_host
 from .identity import method_identity, plugin_code_identity
 from .readouts import Readout, ReadoutInput, make_readout
-from .results import SUMMARY_COLUMNS, headline_table, render, write_csv, write_json, write_jsonl
+from .results import assemble_results, headline_table, method_entry, write_run_folder
 
 
 @dataclass
@@ -91,28 +84,24 @@ class _FeatureStore:
 
     def put_batch(self, chunk: Sequence[ImageRecord], load_hw: tuple[int, int], feats: torch.Tensor) -> None:
         grid = self.descriptor.feature_grid(load_hw, tuple(feats.shape[-2:]))
-        meta = {"grid": ",".join(repr(v) for v in (grid.stride_x, grid.stride_y, grid.offset_x, grid.offset_y)),
-                "load_hw": f"{load_hw[0]},{load_hw[1]}"}
         for rec, f in zip(chunk, feats):
-            self.cache.put(rec.sha256, f.to(getattr(torch, self.descriptor.cache_dtype)),
-                           {**meta, "image": str(rec.path)})
+            self.cache.put_map(rec.sha256, f.to(getattr(torch, self.descriptor.cache_dtype)), grid, load_hw,
+                               str(rec.path))
 
     def _cached(self, rec: ImageRecord) -> bool:
-        return self.cache._path(rec.sha256).exists()
+        return self.cache.has(rec.sha256)
 
     def get(self, rec: ImageRecord) -> tuple[torch.Tensor, FeatureGrid, tuple[int, int]]:
         if rec.sha256 in self._lru:
             self._lru.move_to_end(rec.sha256)
             return self._lru[rec.sha256]
-        hit = self.cache.get(rec.sha256)
+        hit = self.cache.get_map(rec.sha256)
         if hit is None:  # evicted or corrupt since fill(): recompute this one image
             self.fill([rec], 1, progress=False)
-            hit = self.cache.get(rec.sha256)
+            hit = self.cache.get_map(rec.sha256)
             if hit is None:
                 raise DataError(f"features for {rec.path} could not be written to {self.cache.dir}")
-        feats, meta = hit
-        grid = FeatureGrid(*(float(v) for v in meta["grid"].split(",")))
-        load_hw = tuple(int(v) for v in meta["load_hw"].split(","))
+        feats, grid, load_hw = hit
         entry = (feats.float().to(self.device), grid, load_hw)
         self._lru[rec.sha256] = entry
         if len(self._lru) > self._size:
@@ -121,24 +110,13 @@ class _FeatureStore:
 
     # Predictions are cached too (hloc's "work already done is skipped"): a warm rerun then only scores.
     def _prediction_path(self, src: ImageRecord, tgt: ImageRecord, points_load: torch.Tensor) -> Path:
-        key = hashlib.sha256(f"{self.readout_key}|{src.sha256}|{tgt.sha256}|".encode()
-                             + points_load.double().numpy().tobytes()).hexdigest()
-        return self.cache.dir / "predictions" / key[:2] / f"{key}.npy"
+        return self.cache.prediction_path(self.readout_key, src.sha256, tgt.sha256, points_load)
 
     def cached_prediction(self, src: ImageRecord, tgt: ImageRecord, points_load: torch.Tensor) -> torch.Tensor | None:
-        path = self._prediction_path(src, tgt, points_load)
-        try:
-            pred = np.load(path, allow_pickle=False)
-        except (OSError, ValueError, EOFError):
-            return None  # absent, or unreadable: recomputed and rewritten
-        if pred.shape != (len(points_load), 2):
-            return None
-        return torch.from_numpy(pred)
+        return self.cache.get_prediction(self.readout_key, src.sha256, tgt.sha256, points_load)
 
     def keep_prediction(self, src: ImageRecord, tgt: ImageRecord, points_load: torch.Tensor, pred: torch.Tensor) -> None:
-        buf = io.BytesIO()
-        np.save(buf, pred.detach().cpu().double().numpy(), allow_pickle=False)
-        atomic_write_bytes(self._prediction_path(src, tgt, points_load), buf.getvalue())
+        self.cache.put_prediction(self.readout_key, src.sha256, tgt.sha256, points_load, pred)
 
     def target_prepared(self, rec: ImageRecord) -> Any:
         """The readout's per-target work (the nn readout's per-pixel norms), done once per target image."""
@@ -193,28 +171,6 @@ def shared_groups(descriptors: dict[str, Descriptor]) -> list[list[str]]:
             key = (shared, json.dumps(descriptor.preprocessing().as_dict(), sort_keys=True, default=str))
             groups.setdefault(key, []).append(name)
     return [names for names in groups.values() if len(names) > 1]
-
-
-def _git_hash() -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                             cwd=Path(__file__).resolve().parent)
-        return out.stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-def _environment(device: str) -> dict[str, Any]:
-    env: dict[str, Any] = {"python": sys.version.split()[0], "platform": sys.platform, "torch": torch.__version__,
-                           "device": device}
-    if device.startswith("cuda") and torch.cuda.is_available():
-        env["gpu"] = torch.cuda.get_device_name(torch.device(device))
-    for pkg in ("diffusers", "transformers", "timm", "kornia", "numpy", "pandas"):
-        try:
-            env[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            pass
-    return env
 
 
 def _peak_host_mb() -> float:
@@ -377,23 +333,51 @@ def _split_methods(methods: "str | Sequence[str | Descriptor]") -> list["str | D
     return out
 
 
-def run_benchmark(methods: str | Sequence[str], dataset: str, split: str | None = None,
-                  data_root: str | os.PathLike | None = None, overrides: Any = None, limit: int | None = None,
-                  device: str = "cpu", batch_size: int = 8, out_dir: str | os.PathLike | None = None,
-                  cache_dir: str | os.PathLike | None = None, no_cache: bool = False, skip_invalid: bool = False,
-                  compare: str = "le", alphas: Sequence[float] = ALPHAS, progress: bool = True,
-                  echo: Callable[[str], None] | None = None, sample: int | None = None,
-                  seed: int = 0, readout: str | None = None) -> RunResult:
+@dataclass
+class RunOptions:
+    """Everything a run takes besides its methods and dataset (``corrbench run``'s options)."""
+
+    split: str | None = None
+    data_root: str | os.PathLike | None = None
+    overrides: Any = None  # --set values: a list of "NAME.key=value" strings or a dict
+    limit: int | None = None  # the first N pairs
+    sample: int | None = None  # a seeded sample of N pairs, stratified by category
+    seed: int = 0
+    device: str = "auto"
+    batch_size: int = 8
+    out_dir: str | os.PathLike | None = None
+    cache_dir: str | os.PathLike | None = None
+    no_cache: bool = False
+    skip_invalid: bool = False
+    compare: str = "le"
+    alphas: Sequence[float] = ALPHAS
+    readout: str | None = None
+    progress: bool = True
+    echo: Callable[[str], None] | None = None
+
+
+def run_benchmark(methods: "str | Sequence[str | Descriptor]", dataset: str, options: RunOptions | None = None,
+                  **kwargs: Any) -> RunResult:
     """Run ``methods`` on ``dataset`` and (when ``out_dir`` is given) write the results folder.
 
     ``limit`` keeps the first N pairs; ``sample`` a seeded subset of N pairs stratified by category
     (:mod:`corrbench.sampling`); with both, the sample is drawn from the first ``limit`` pairs.
     ``device`` may be ``auto`` (CUDA when available).
     """
+    from dataclasses import fields, replace
+
     from .devices import resolve_device
 
+    unknown = set(kwargs) - {f.name for f in fields(RunOptions)}
+    if unknown:
+        raise TypeError(f"run_benchmark() got unexpected option(s) {', '.join(sorted(unknown))}")
+    opts = replace(options or RunOptions(), **kwargs)
+    overrides, limit, sample = opts.overrides, opts.limit, opts.sample
+    batch_size, out_dir, cache_dir, no_cache, readout = (opts.batch_size, opts.out_dir, opts.cache_dir,
+                                                         opts.no_cache, opts.readout)
     started = time.perf_counter()
-    device = resolve_device(device)
+    device = resolve_device(opts.device)
+    alphas = check_alphas(opts.alphas)
     alphas = check_alphas(alphas)
     if sample is not None and sample < 1:
         raise UsageError(f"--sample must be at least 1, got {sample}")
@@ -433,9 +417,8 @@ def run_benchmark(methods: str | Sequence[str], dataset: str, split: str | None 
 
     ctx, device = init_from_env(device)
     try:
-        return _run(ctx, host, method_classes, method_cfgs, ds_entry, ds_cls, ds_cfg, split, data_root, limit, device,
-                    batch_size, out_dir, cache_dir, no_cache, skip_invalid, compare, alphas, progress, echo, started,
-                    prebuilt, sample, seed, readout, readout_cfg)
+        return _run(ctx, host, method_classes, method_cfgs, prebuilt, ds_entry, ds_cls, ds_cfg, readout_cfg,
+                    replace(opts, device=device, alphas=alphas), started)
     finally:
         ctx.close()
 
@@ -454,10 +437,13 @@ def _fill(ctx: DistContext, stores: list[_FeatureStore], used: Sequence[ImageRec
     return [_merge_costs(ctx.all_gather(cost), len(used)) for cost in costs]
 
 
-def _run(ctx: DistContext, host, method_classes, method_cfgs, ds_entry, ds_cls, ds_cfg, split, data_root, limit, device,
-         batch_size, out_dir, cache_dir, no_cache, skip_invalid, compare, alphas, progress, echo, started,
-         prebuilt: dict[str, Descriptor] | None = None, sample: int | None = None, seed: int = 0,
-         readout: str | None = None, readout_cfg: dict[str, Any] | None = None) -> RunResult:
+def _run(ctx: DistContext, host, method_classes: dict[str, type], method_cfgs: dict[str, dict[str, Any]],
+         prebuilt: dict[str, Descriptor], ds_entry, ds_cls, ds_cfg: dict[str, Any], readout_cfg: dict[str, Any],
+         opts: RunOptions, started: float) -> RunResult:
+    split, data_root, limit, device, batch_size = opts.split, opts.data_root, opts.limit, opts.device, opts.batch_size
+    out_dir, cache_dir, no_cache, skip_invalid = opts.out_dir, opts.cache_dir, opts.no_cache, opts.skip_invalid
+    compare, alphas, progress, echo = opts.compare, opts.alphas, opts.progress, opts.echo
+    sample, seed, readout = opts.sample, opts.seed, opts.readout
     if ctx.active and no_cache:
         raise UsageError("--no-cache cannot be used with several processes: ranks share features through the cache")
     progress = progress and ctx.is_main
@@ -537,79 +523,30 @@ def _run(ctx: DistContext, host, method_classes, method_cfgs, ds_entry, ds_cls, 
     summary_rows, breakdown_rows = [], []
     results_methods: dict[str, Any] = {}
     for mr in method_results:
-        table = pck_table(mr.keypoints, alphas, compare, groups=("category", *flags))
-        table.insert(0, "method", mr.name)
-        table.insert(1, "dataset", ds.name)
-        table.insert(2, "split", ds.split)
-        table.insert(3, "metric", "pck")
-        overall = table[table["group"] == "all"]
-        summary_rows.append(overall[SUMMARY_COLUMNS])
-        breakdown_rows.append(table[table["group"] != "all"])
-        point = overall[overall["average"] == "point"]
-        metrics = {metric_key(a, norm): float(v) for a, norm, v in zip(point["alpha"], point["norm"], point["value"])}
-        kp = mr.keypoints
-        metrics["pck@0.10_img_loadframe"] = float(100 * correct(kp["dist_load"], 0.1 * kp["L_load"], compare).mean())
-        per_category = {
-            str(level): {metric_key(a, norm): float(v) for a, norm, v in zip(g["alpha"], g["norm"], g["value"])}
-            for level, g in table[(table["group"] == "category") & (table["average"] == "point")].groupby("level")
-        }
-        results_methods[mr.name] = {
-            "plugin": host.methods.entry(mr.name).plugin if mr.name in method_classes else "(python api)",
-            "plugin_version": plugin_code_identity(type(mr.descriptor)),
-            "method_version": mr.descriptor.version,
-            "config": mr.descriptor.config,
-            "config_hash": mr.config_hash,
-            "weights": mr.weights,
-            "preprocess": mr.descriptor.preprocessing().as_dict(),
-            "readout": stores[mr.name].readout.name,
-            "readout_config": stores[mr.name].readout.config,
-            "readout_version": stores[mr.name].readout.version,
-            "info": mr.descriptor.run_info(),
-            "metrics": metrics,
-            "per_category": per_category,
-            "n_pairs": len(pairs),
-            "n_keypoints": int(len(mr.keypoints)),
-            "cost": mr.cost,
-            "cache": None if no_cache or mr.weights is None else mr.cache_dir,
-            # the full feature-cache key, so a reader can tell exactly what a cached number depended on
-            "cache_key": {**stores[mr.name].cache.identity, "readout": stores[mr.name].readout.identity()},
-        }
+        scored = score_method(mr.keypoints, alphas, compare, flags, labels={"method": mr.name, "dataset": ds.name,
+                                                                              "split": ds.split})
+        summary_rows.append(scored.summary)
+        breakdown_rows.append(scored.breakdown)
+        store = stores[mr.name]
+        results_methods[mr.name] = method_entry(
+            mr.descriptor, plugin=host.methods.entry(mr.name).plugin if mr.name in method_classes else "(python api)",
+            plugin_version=plugin_code_identity(type(mr.descriptor)), config_hash=mr.config_hash, weights=mr.weights,
+            readout=store.readout, metrics=scored.metrics, per_category=scored.per_category, n_pairs=len(pairs),
+            n_keypoints=int(len(mr.keypoints)), cost=mr.cost,
+            cache=None if no_cache or mr.weights is None else mr.cache_dir, cache_key=store.cache.identity)
     summary = pd.concat(summary_rows, ignore_index=True)
     breakdown = pd.concat(breakdown_rows, ignore_index=True)
-    cost = {m: r["cost"] for m, r in results_methods.items()}
-    table = headline_table(summary, cost)
-    results = {
-        "corrbench_version": __version__,
-        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "git_hash": _git_hash(),
-        "command": sys.argv,
-        "env": {**_environment(device), "processes": ctx.world_size},
-        "dataset": {"name": ds.name, "version": ds.version, "split": ds.split, "root": str(ds.root),
-                    "config": ds.config, "protocol": ds.protocol(), "plugin": ds_entry.plugin,
-                    "n_pairs": len(pairs), "n_pairs_listed": n_listed, "limit": limit,
-                    "sample": None if sample is None or sample >= n_listed else
-                    {"n": len(all_pairs), "of": n_listed, "seed": seed, "stratified_by": "category"},
-                    "n_images": len(records), "skipped": list(ds.skipped)},
-        "protocol": {"alphas": list(alphas), "compare": compare, "frame": "original target image",
-                     "also_logged": "pck@0.10_img_loadframe: distances and L = max(load H, W) in the target load "
-                                    "frame, as the DHF notebooks score (docs/protocol.md#p11-load-frame-scoring)",
-                     "norms": {"bbox": "max side of the target box", "img": "max(W, H) of the target image"},
-                     "averages": {"point": "pooled over keypoints", "image": "mean of per-pair accuracy"}},
-        "higher_is_better": {"pck": True},
-        "methods": results_methods,
-        "total_seconds": time.perf_counter() - started,
-    }
+    table = headline_table(summary, {m: r["cost"] for m, r in results_methods.items()})
+    dataset_entry = {"name": ds.name, "version": ds.version, "split": ds.split, "root": str(ds.root),
+                     "config": ds.config, "protocol": ds.protocol(), "plugin": ds_entry.plugin,
+                     "n_pairs": len(pairs), "n_pairs_listed": n_listed, "limit": limit,
+                     "sample": None if sample is None or sample >= n_listed else
+                     {"n": len(all_pairs), "of": n_listed, "seed": seed, "stratified_by": "category"},
+                     "n_images": len(records), "skipped": list(ds.skipped)}
+    results = assemble_results(dataset_entry, results_methods, alphas=alphas, compare=compare, device=device,
+                               processes=ctx.world_size, seconds=time.perf_counter() - started)
+    predictions = [p for mr in method_results for p in mr.predictions]
     out = Path(out_dir) if out_dir else None
     if out is not None:
-        try:
-            out.mkdir(parents=True, exist_ok=True)
-            write_jsonl(out / "predictions.jsonl", (p for mr in method_results for p in mr.predictions))
-            write_csv(out / "summary.csv", summary)
-            write_csv(out / "breakdown.csv", breakdown)
-            atomic_write_bytes(out / "summary.md", render(table, "md").encode())
-            write_json(out / "results.json", results)  # last: its presence marks a complete run
-        except OSError as exc:  # disk full, folder removed or made read-only during the run
-            raise CorrbenchError(f"could not write the results to {out}: {exc.strerror or exc}"
-                                 + (f" ({exc.filename})" if exc.filename else "")) from exc
-    return RunResult(out, summary, breakdown, results, table,
-                     [p for mr in method_results for p in mr.predictions])
+        write_run_folder(out, results, summary, breakdown, table, predictions)
+    return RunResult(out, summary, breakdown, results, table, predictions)
