@@ -99,7 +99,7 @@ def test_the_core_imports_no_plugin():
 
 # -- a third-party plugin, installed as its own distribution, registers a descriptor and a table -------------
 PLUGIN = '''
-"""A third-party corrbench plugin: one descriptor and one table, through the public contracts only."""
+"""A third-party corrbench plugin: a descriptor, a readout and a table, through the public contracts only."""
 
 import corrbench
 from corrbench.reproduce import DatasetSpec, Row, TableSpec
@@ -110,6 +110,7 @@ class Mean3(corrbench.Descriptor):
 
     name = "thirdparty-mean3"
     weight_free = True
+    default_readout = "thirdparty-cell-argmax"
     cost_estimate = {"image": (0.001, 0.002)}
 
     def extract(self, images):
@@ -119,6 +120,27 @@ class Mean3(corrbench.Descriptor):
 
     def requirements(self):
         return [corrbench.Requirement("weights", "thirdparty marker file", "(none)", "not needed")]
+
+
+class CellArgmax(corrbench.Readout):
+    """The cell nearest the keypoint, cosine argmax over the target cells, that cell's centre."""
+
+    name = "thirdparty-cell-argmax"
+
+    def transfer(self, x):
+        import torch
+        import torch.nn.functional as F
+
+        sg, tg = x.source_grid, x.target_grid
+        _, hs, ws = x.source_map.shape
+        wt = x.target_map.shape[2]
+        ix = ((x.source_points[:, 0] - sg.offset_x) / sg.stride_x).round().long().clamp(0, ws - 1)
+        iy = ((x.source_points[:, 1] - sg.offset_y) / sg.stride_y).round().long().clamp(0, hs - 1)
+        src = F.normalize(x.source_map[:, iy, ix].T.double(), dim=1)
+        tgt = F.normalize(x.target_map.flatten(1).double(), dim=0)
+        best = (src @ tgt).argmax(dim=1)
+        points = torch.stack([tg.offset_x + (best % wt) * tg.stride_x, tg.offset_y + (best // wt) * tg.stride_y], 1)
+        return corrbench.ReadoutOutput(points.double())
 
 
 TABLE = TableSpec(
@@ -136,6 +158,11 @@ TABLE = TableSpec(
 @corrbench.hookimpl
 def register_methods(register):
     register(Mean3)
+
+
+@corrbench.hookimpl
+def register_readouts(register):
+    register(CellArgmax)
 
 
 @corrbench.hookimpl
@@ -166,6 +193,7 @@ def test_a_third_party_table_runs_through_corrbench_reproduce(third_party_site, 
     plugins = json.loads(_cli(third_party_site, "plugins").stdout)
     mine = next(p for p in plugins if p["name"] == "thirdparty")
     assert mine["methods"] == ["thirdparty-mean3"] and mine["tables"] == ["thirdparty-table"]
+    assert mine["readouts"] == ["thirdparty-cell-argmax"]
     assert "thirdparty-table" in _cli(third_party_site, "reproduce", "--help").stdout
 
     data = ["--data-root", f"synthetic={tmp_path / 'synthetic'}"]
@@ -185,6 +213,8 @@ def test_a_third_party_table_runs_through_corrbench_reproduce(third_party_site, 
     rows = {r["method"]: r for r in rep["rows"]}
     assert set(rows) == {"thirdparty-mean3", "dsift"}
     results = json.loads((out / "synthetic" / "results.json").read_text())
+    assert results["methods"]["thirdparty-mean3"]["readout"] == "thirdparty-cell-argmax"  # its default readout
+    assert results["methods"]["dsift"]["readout"] == "nn"
     for method, row in rows.items():
         assert row["synthetic_img_paper"] in (50.0, 60.0)
         assert row["synthetic_img_ours"] == pytest.approx(results["methods"][method]["metrics"]["pck@0.10_img"])
