@@ -107,6 +107,12 @@ def make_tiny_sd(
 
     The scheduler is DDIM with the paper's configuration (:data:`PAPER_DDIM_CONFIG`).
     """
+    try:  # the save_pretrained calls below draw "Writing model shards" bars: noise in a test's output
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    except Exception:
+        pass
     import torch
     from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer

@@ -168,8 +168,19 @@ def weights_identity(source: ModelSource, weights: str = "pretrained", *,
 # --------------------------------------------------------------------------------------------------
 # Loading one component
 # --------------------------------------------------------------------------------------------------
+def _quiet_transformers() -> None:
+    """transformers draws a "Loading weights" bar for every model; corrbench shows its own progress."""
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    except Exception:  # an older or newer transformers without the switch: a bar is harmless
+        pass
+
+
 def _from_pretrained(source: ModelSource, subfolder: str, loader, **kwargs) -> Any:
     """``loader(location, subfolder=..., **kwargs)`` for a folder, or cache-then-download for a hub id."""
+    _quiet_transformers()
     if source.folder is not None:
         if not (source.folder / subfolder).is_dir():
             raise WeightsError(f"{source.folder} has no {subfolder}/ subfolder; {how_to_get(source)}")
