@@ -75,7 +75,7 @@ def _extract(ctx: DistContext, method: str, images: Sequence[Path], out_file: Pa
     host = get_host()
     entry = host.methods.entry(method)
     cls = entry.load()
-    aliases = {a: e.name for e in host.methods.entries() for a in e.aliases}
+    aliases = host.methods.aliases()
     cfgs, _ = resolve_overrides(parse_overrides(overrides), {entry.name: cls}, None, aliases)
     out_file = Path(out_file)
     if out_file.is_dir():

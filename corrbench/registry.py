@@ -126,6 +126,10 @@ class Registry:
 class MethodRegistry(Registry):
     error_cls = UnknownMethodError
 
+    def aliases(self) -> dict[str, str]:
+        """alias → method name, for resolving ``--set ALIAS.key=value``."""
+        return dict(self._aliases)
+
 
 class DatasetRegistry(Registry):
     error_cls = UnknownDatasetError

@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from .compare import BASELINE_FORMAT, Comparison, cells_from_baseline, compare_cells
+from .compare import BASELINE_FORMAT, LANE_TOLERANCE, Comparison, cells_from_baseline, compare_cells
 from .errors import CorrbenchError
 
 DATASET = "synthetic"
@@ -49,7 +49,7 @@ LIMIT = 30  # the first 30 pairs: 6 images, 270 keypoints (one keypoint = 0.37 P
 METHODS = ("dsift", "colour-patch", "random-conv", "sd-layer-4", "sd-concat-all", "dhf", "dhf-one-step", "dino")
 #: allowed change, PCK points, either direction, on top of the near-ties' share (see the module docstring).
 #: Below one keypoint (0.37 points): a moved stable match fails.
-TOLERANCE = 0.1
+TOLERANCE = LANE_TOLERANCE
 #: near-tie threshold on the cosine-similarity margins of a match (cosines lie in [-1, 1]). Measured on the
 #: lane between ATEN_CPU_CAPABILITY=default and avx2 and 1 or 2 threads: any single similarity moved by at
 #: most 1.0e-4 (sd-layer-4, whose float16-cached features flip a rounding step now and then; the float32

@@ -394,7 +394,7 @@ def run_benchmark(methods: "str | Sequence[str | Descriptor]", dataset: str, opt
         method_classes[entry.name] = entry.load()
     ds_entry = host.datasets.entry(dataset)
     ds_cls = ds_entry.load()
-    aliases = {a: e.name for e in host.methods.entries() for a in e.aliases}
+    aliases = host.methods.aliases()
     parsed = parse_overrides(overrides)
     readout_cfg = {k.partition(".")[2]: v for k, v in parsed.items() if k.startswith("readout.")}
     parsed = {k: v for k, v in parsed.items() if not k.startswith("readout.")}

@@ -325,7 +325,7 @@ def make_plan(table: TableSpec | str, datasets: str | Sequence[str] | None = Non
     if limit is not None and limit < 1:
         raise UsageError(f"--limit must be at least 1, got {limit}")
     parsed = parse_overrides(overrides)
-    aliases = {a: e.name for e in host.methods.entries() for a in e.aliases}
+    aliases = host.methods.aliases()
 
     row_plans: list[RowPlan] = []
     for row in table.rows:

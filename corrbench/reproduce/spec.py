@@ -13,16 +13,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-BASELINE_FORMAT = "corrbench-baseline/1"
-#: PCK points; a paper number drawn with an unseeded random component is not exactly repeatable
-DEFAULT_TOLERANCE = 2.0
+from ..compare import CELLS_FORMAT as BASELINE_FORMAT  # a published table has cells, no keypoint records
+from ..compare import PAPER_TOLERANCE as DEFAULT_TOLERANCE  # noqa: F401  (re-exported)
 ALPHA = 0.10
 NORMS = ("img", "bbox")
 
 
 def metric_key(norm: str, alpha: float = ALPHA) -> str:
     """The results.json metric name of PCK@alpha pooled per keypoint (``pck@0.10_img``)."""
-    return f"pck@{alpha:.2f}_{norm}"
+    from ..metrics import metric_key as key
+
+    return key(alpha, norm)
 
 
 @dataclass(frozen=True)

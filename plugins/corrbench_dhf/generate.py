@@ -156,7 +156,7 @@ def generate(prompts_file: str | os.PathLike, out_dir: str | os.PathLike, *, met
         raise UsageError(f"generate --method {method!r}: only {', '.join(GENERATION_METHODS)} aggregate several "
                          "generation timesteps (DHF's synthetic demo refuses the one-step network too)")
     cls = entry.load()
-    aliases = {a: e.name for e in host.methods.entries() for a in e.aliases}
+    aliases = host.methods.aliases()
     cfgs, _ = resolve_overrides(parse_overrides(overrides), {entry.name: cls}, None, aliases)
     descriptor = cls(config=cfgs[entry.name], device=device)
     descriptor.ensure_ready()
