@@ -275,10 +275,7 @@ class Descriptor:
     def describe(self, images: "torch.Tensor") -> "torch.Tensor":
         import torch
 
-        if images.ndim != 4 or images.shape[1] != 3:
-            raise DescriptorOutputError(f"{self.name}: input must be B×3×H×W, got {tuple(images.shape)}")
-        self.ensure_ready()
-        images = self._normalise(images).contiguous()
+        images = self._prepare(images)
         with torch.inference_mode():
             out = self.extract(images)
         self._validate(out, images.shape[0])
@@ -288,12 +285,16 @@ class Descriptor:
         """:meth:`extract_raw` on a batch that is normalised and contiguous, as :meth:`describe` hands it."""
         import torch
 
+        images = self._prepare(images)
+        with torch.inference_mode():
+            return self.extract_raw(images)
+
+    def _prepare(self, images: "torch.Tensor") -> "torch.Tensor":
+        """Check the batch, set up once, normalise, and make it contiguous NCHW (the extract contract)."""
         if images.ndim != 4 or images.shape[1] != 3:
             raise DescriptorOutputError(f"{self.name}: input must be B×3×H×W, got {tuple(images.shape)}")
         self.ensure_ready()
-        images = self._normalise(images).contiguous()
-        with torch.inference_mode():
-            return self.extract_raw(images)
+        return self._normalise(images).contiguous()
 
     def _normalise(self, images: "torch.Tensor") -> "torch.Tensor":
         import torch
