@@ -147,15 +147,15 @@ def _options_lines(entry, indent: str) -> list[str]:
 @cli.command()
 @click.argument("name")
 def info(name: str) -> None:
-    """Describe one method or dataset: description, plugin, aliases and config keys (with --set)."""
+    """Describe one method, dataset or readout: description, plugin, aliases and config keys (with --set)."""
     from .plugins import get_host
 
     host = get_host()
-    found = [(kind, registry.entry(name)) for kind, registry in (("method", host.methods), ("dataset", host.datasets))
-             if name in registry]
+    registries = (("method", host.methods), ("dataset", host.datasets), ("readout", host.readouts))
+    found = [(kind, registry.entry(name)) for kind, registry in registries if name in registry]
     if not found:
-        known = sorted(set(host.methods.names()) | set(host.datasets.names()))
-        raise UsageError(f"unknown method or dataset {name!r}; known: {', '.join(known) or '(none registered)'}")
+        known = sorted({n for _, registry in registries for n in registry.names()})
+        raise UsageError(f"unknown method, dataset or readout {name!r}; known: {', '.join(known) or '(none registered)'}")
     for n, (kind, entry) in enumerate(found):
         if n:
             click.echo("")
@@ -170,7 +170,15 @@ def info(name: str) -> None:
                 click.echo(f"  splits: {', '.join(cls.splits)} (default {cls.default_split})")
             except Exception:  # shown by the options below
                 pass
-        click.echo(f"  options (--set {entry.name}.KEY=VALUE):")
+        if kind == "method":
+            try:
+                readout = entry.load().default_readout
+                if isinstance(readout, str):  # a property when it depends on the config
+                    click.echo(f"  default readout: {readout}")
+            except Exception:  # shown by the options below
+                pass
+        prefix = "readout" if kind == "readout" else entry.name
+        click.echo(f"  options (--set {prefix}.KEY=VALUE):")
         for line in _options_lines(entry, indent="    "):
             click.echo(line)
 

@@ -101,3 +101,10 @@ def test_a_pair_conditioned_readout_refuses_a_method_without_a_transfer(tmp_path
     assert proc.returncode == 2 and "has none" in proc.stderr and "Traceback" not in proc.stderr
     unknown = _cli(tmp_path, "run", "-m", "dsift", "--limit", "2", "--readout", "nope")
     assert unknown.returncode == 2 and "unknown readout 'nope'" in unknown.stderr
+
+
+def test_info_describes_a_readout_and_a_methods_default(tmp_path):
+    nn = _cli(tmp_path, "info", "nn")
+    assert nn.returncode == 0 and nn.stdout.startswith("nn: readout from plugin corrbench")
+    dhpf = _cli(tmp_path, "info", "dhpf")
+    assert dhpf.returncode == 0 and "default readout: pair-conditioned" in dhpf.stdout
