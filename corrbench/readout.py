@@ -125,6 +125,23 @@ def nn_transfer(source_map: torch.Tensor, target_map: torch.Tensor,
     to move to change the match: a far margin ``m`` means no perturbation of the cosines below ``m / 2``
     can move the prediction by more than one pixel; a local margin ``m`` means it cannot move at all.
     """
+    cos, s_norm = _scaled_cosines(source_map, target_map, source_grid, target_grid, source_load_hw,
+                                  target_load_hw, source_points, target_norm)
+    Wt = target_load_hw[1]
+    idx = cos.reshape(cos.shape[0], -1).argmax(dim=1)
+    points = torch.stack([idx % Wt, idx // Wt], dim=1).to(torch.float64)
+    if not return_margin:
+        return points
+    # divide by |s| only now (the argmax above is computed exactly as without margins)
+    return points, match_margins(cos / s_norm[:, None, None], idx)
+
+
+def _scaled_cosines(source_map, target_map, source_grid, target_grid, source_load_hw, target_load_hw,
+                    source_points, target_norm=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N×H×W cosines times |s|, |s|): every target pixel of the upsampled map, by the separable algebra.
+
+    |s| is a positive constant per row: it cannot move an argmax, so the argmax readout never divides by it.
+    """
     C, h, w = target_map.shape
     if source_map.shape[0] != C:
         raise ValueError(f"source map has {source_map.shape[0]} channels, target map {C}")
@@ -137,14 +154,18 @@ def nn_transfer(source_map: torch.Tensor, target_map: torch.Tensor,
     dots = Ay @ low @ Ax.T  # N×H×W: s · U(T)
     if target_norm is None:
         target_norm = target_norms(target_map, target_grid, target_load_hw)
-    # |s| is a positive constant per row: it cannot move the argmax, so only the target norm matters
-    cos = dots / target_norm.clamp_min(1e-12)
-    idx = cos.reshape(cos.shape[0], -1).argmax(dim=1)
-    points = torch.stack([idx % Wt, idx // Wt], dim=1).to(torch.float64)
-    if not return_margin:
-        return points
-    # divide by |s| only now (the argmax above is computed exactly as without margins)
-    return points, match_margins(cos / s.norm(dim=1).clamp_min(1e-12)[:, None, None], idx)
+    return dots / target_norm.clamp_min(1e-12), s.norm(dim=1).clamp_min(1e-12)
+
+
+def cosine_maps(source_map: torch.Tensor, target_map: torch.Tensor, source_grid: FeatureGrid,
+                target_grid: FeatureGrid, source_load_hw: tuple[int, int], target_load_hw: tuple[int, int],
+                source_points: torch.Tensor, target_norm: torch.Tensor | None = None) -> torch.Tensor:
+    """N×H×W float64: the cosine similarity of each source keypoint's feature (sampled bilinearly, as
+    :func:`nn_transfer` does) with every pixel of the bilinearly upsampled target map — the exact map that
+    the soft readouts (:mod:`corrbench.readouts`) weigh."""
+    scaled, s_norm = _scaled_cosines(source_map, target_map, source_grid, target_grid, source_load_hw,
+                                     target_load_hw, source_points, target_norm)
+    return scaled / s_norm[:, None, None]
 
 
 def match_margins(cos: torch.Tensor, idx: torch.Tensor | None = None) -> torch.Tensor:

@@ -11,6 +11,10 @@ the key of cached predictions. The core registers two, through the same hook a t
 * ``pair-conditioned`` — the method's own :meth:`PairConditionedDescriptor.transfer` (DHPF's gates and
   Hough matching, HPF's RHM): the method *is* its readout.
 
+* ``soft-argmax``, ``window-soft-argmax``, ``kernel-soft-argmax`` — the expected pixel under
+  softmax(cosine / temperature) over that same exact cosine map: everywhere, in a window around the
+  argmax, or weighted by a Gaussian around it (sub-pixel predictions; settings via ``--set readout.*``).
+
 Plugins add others (the DINO plugin registers ``patch-centre``). A readout sees the descriptor, so it
 can ask it for matching features (:meth:`Descriptor.readout_features`, e.g. DINO's log-binning).
 """
@@ -21,7 +25,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from .errors import UsageError
-from .options import coerce_config, declare
+from .options import Option, coerce_config, declare
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -115,6 +119,107 @@ class NearestNeighbour(Readout):
         return ReadoutOutput(points, margins)
 
 
+class _Soft(Readout):
+    """Shared part of the soft readouts: the exact cosine map of :class:`NearestNeighbour`, then weights."""
+
+    def prepare_target(self, descriptor, target_map, target_grid, target_load_hw):
+        from .readout import target_norms
+
+        return target_norms(descriptor.readout_features(target_map), target_grid, target_load_hw)
+
+    def weights(self, cos: "torch.Tensor") -> "torch.Tensor":
+        """N×H×W non-negative weights summing to 1 per keypoint, from N×H×W cosines."""
+        raise NotImplementedError
+
+    def transfer(self, x: ReadoutInput) -> ReadoutOutput:
+        import torch
+
+        from .readout import cosine_maps
+
+        d = x.descriptor
+        cos = cosine_maps(d.readout_features(x.source_map), d.readout_features(x.target_map), x.source_grid,
+                          x.target_grid, x.source_load_hw, x.target_load_hw, x.source_points, x.target_prepared)
+        p = self.weights(cos)
+        H, W = cos.shape[-2:]
+        ys = torch.arange(H, dtype=torch.float64)
+        xs = torch.arange(W, dtype=torch.float64)
+        points = torch.stack([(p.sum(dim=1) * xs).sum(dim=1), (p.sum(dim=2) * ys).sum(dim=1)], dim=1)
+        return ReadoutOutput(points)
+
+    @staticmethod
+    def _argmax_xy(cos: "torch.Tensor") -> "tuple[torch.Tensor, torch.Tensor]":
+        W = cos.shape[-1]
+        idx = cos.reshape(cos.shape[0], -1).argmax(dim=1)
+        return idx % W, idx // W
+
+    @staticmethod
+    def _offsets(cos: "torch.Tensor", ax: "torch.Tensor", ay: "torch.Tensor") -> "tuple[torch.Tensor, torch.Tensor]":
+        import torch
+
+        H, W = cos.shape[-2:]
+        dx = torch.arange(W, dtype=torch.float64)[None, None, :] - ax[:, None, None].double()
+        dy = torch.arange(H, dtype=torch.float64)[None, :, None] - ay[:, None, None].double()
+        return dx, dy
+
+
+_TEMPERATURE = Option(0.02, float, "softmax temperature on cosine similarities (smaller: closer to the argmax)",
+                      min=1e-6)
+
+
+class SoftArgmax(_Soft):
+    """The expected pixel under softmax(cosine / temperature) over the whole target map."""
+
+    name = "soft-argmax"
+    description = "expected pixel under softmax(cosine / temperature) over every target pixel"
+    default_config = {"temperature": _TEMPERATURE}
+
+    def weights(self, cos):
+        import torch
+
+        n = cos.shape[0]
+        return torch.softmax(cos.reshape(n, -1) / float(self.config["temperature"]), dim=1).reshape(cos.shape)
+
+
+class WindowSoftArgmax(_Soft):
+    """Soft-argmax restricted to a square window around the argmax (GeoAware-SC's readout)."""
+
+    name = "window-soft-argmax"
+    description = "soft-argmax within a (2·radius+1)² window around the argmax (GeoAware-SC style)"
+    default_config = {"temperature": _TEMPERATURE,
+                      "radius": Option(7, int, "half-width of the window in target load pixels", min=0)}
+
+    def weights(self, cos):
+        import torch
+
+        ax, ay = self._argmax_xy(cos)
+        dx, dy = self._offsets(cos, ax, ay)
+        r = int(self.config["radius"])
+        inside = (dx.abs() <= r) & (dy.abs() <= r)
+        logits = (cos / float(self.config["temperature"])).masked_fill(~inside, float("-inf"))
+        n = cos.shape[0]
+        return torch.softmax(logits.reshape(n, -1), dim=1).reshape(cos.shape)
+
+
+class KernelSoftArgmax(_Soft):
+    """Softmax weights times a Gaussian kernel centred on the argmax, renormalised (SFNet's kernel soft-argmax)."""
+
+    name = "kernel-soft-argmax"
+    description = "softmax weights times a Gaussian (sigma) around the argmax, renormalised (SFNet style)"
+    default_config = {"temperature": _TEMPERATURE,
+                      "sigma": Option(5.0, float, "standard deviation of the kernel in target load pixels", min=1e-6)}
+
+    def weights(self, cos):
+        import torch
+
+        ax, ay = self._argmax_xy(cos)
+        dx, dy = self._offsets(cos, ax, ay)
+        sigma = float(self.config["sigma"])
+        n = cos.shape[0]
+        p = torch.softmax(cos.reshape(n, -1) / float(self.config["temperature"]), dim=1).reshape(cos.shape)
+        p = p * torch.exp(-(dx ** 2 + dy ** 2) / (2 * sigma * sigma))
+        return p / p.reshape(n, -1).sum(dim=1).clamp_min(1e-300)[:, None, None]
+
+
 class PairConditioned(Readout):
     """The method's own pair-conditioned transfer (:meth:`PairConditionedDescriptor.transfer`)."""
 
@@ -145,4 +250,5 @@ def make_readout(name: str, config: dict[str, Any] | None = None) -> Readout:
     return cls(config)
 
 
-__all__ = ["NearestNeighbour", "PairConditioned", "Readout", "ReadoutInput", "ReadoutOutput", "make_readout"]
+__all__ = ["KernelSoftArgmax", "NearestNeighbour", "PairConditioned", "Readout", "ReadoutInput", "ReadoutOutput",
+           "SoftArgmax", "WindowSoftArgmax", "make_readout"]
