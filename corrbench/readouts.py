@@ -98,16 +98,20 @@ class Readout:
         return {"readout": self.name, "version": self.version, "config": dict(sorted(self.config.items()))}
 
 
-class NearestNeighbour(Readout):
-    """Exact nearest neighbour: cosine argmax over every target pixel of the bilinearly upsampled map."""
-
-    name = "nn"
-    description = "cosine nearest neighbour over every pixel of the bilinearly upsampled target map (exact)"
+class _CosineMap(Readout):
+    """Readouts over the exact cosine map of the upsampled target: its per-pixel norms are computed once per target."""
 
     def prepare_target(self, descriptor, target_map, target_grid, target_load_hw):
         from .readout import target_norms
 
         return target_norms(descriptor.readout_features(target_map), target_grid, target_load_hw)
+
+
+class NearestNeighbour(_CosineMap):
+    """Exact nearest neighbour: cosine argmax over every target pixel of the bilinearly upsampled map."""
+
+    name = "nn"
+    description = "cosine nearest neighbour over every pixel of the bilinearly upsampled target map (exact)"
 
     def transfer(self, x: ReadoutInput) -> ReadoutOutput:
         from .readout import nn_transfer
@@ -119,13 +123,8 @@ class NearestNeighbour(Readout):
         return ReadoutOutput(points, margins)
 
 
-class _Soft(Readout):
+class _Soft(_CosineMap):
     """Shared part of the soft readouts: the exact cosine map of :class:`NearestNeighbour`, then weights."""
-
-    def prepare_target(self, descriptor, target_map, target_grid, target_load_hw):
-        from .readout import target_norms
-
-        return target_norms(descriptor.readout_features(target_map), target_grid, target_load_hw)
 
     def weights(self, cos: "torch.Tensor") -> "torch.Tensor":
         """N×H×W non-negative weights summing to 1 per keypoint, from N×H×W cosines."""
