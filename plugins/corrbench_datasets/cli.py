@@ -69,7 +69,7 @@ def data() -> None:
 @click.option("--url", default=None, help="Download from this URL instead of the official one (a mirror).")
 @click.option("--sha256", default=None, help="Expected sha256 of the archive.")
 @click.option("--keep-archive", is_flag=True, help="Keep the downloaded archive after installing it.")
-@click.option("--no-progress", is_flag=True, help="No progress bar.")
+@click.option("--no-progress", "--quiet", "-q", "no_progress", is_flag=True, help="No progress bar.")
 def download_cmd(name: str, root: Path | None, url: str | None, sha256: str | None, keep_archive: bool,
                  no_progress: bool) -> None:
     """Download NAME into its dataset folder (resumable, checksummed, extracted safely)."""

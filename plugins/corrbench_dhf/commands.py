@@ -104,7 +104,7 @@ def _val_split(ds_cls, requested: str | None) -> str | None:
 @click.option("--seed", type=int, default=0, show_default=True, help="Network initialisation and data order.")
 @click.option("--projection-dim", type=int, default=384, show_default=True)
 @click.option("--norm-groups", type=int, default=32, show_default=True)
-@click.option("--device", default="cpu", show_default=True)
+@click.option("--device", default="auto", show_default=True, help="auto (CUDA when present), cpu, cuda or cuda:N.")
 @click.option("--skip-invalid", is_flag=True)
 @click.option("--wandb", "wandb_project", default=None, help="Also log to this Weights & Biases project (optional).")
 @click.option("--set", "sets", multiple=True, metavar="NAME.KEY=VALUE",
@@ -123,7 +123,9 @@ def train_dhf(device: str, **opts: Any) -> None:
         if opts[name] < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {opts[name]}")
     # join the launcher's process group first: the extractor must be built on this rank's device
-    ctx, device = init_from_env(device)
+    from corrbench.devices import resolve_device
+
+    ctx, device = init_from_env(resolve_device(device))
     try:
         if opts["out_dir"] is None:  # rank 0's clock names the folder for every rank
             stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -302,14 +304,17 @@ def plot_matches(run_dir: Path, pair_id: str, method: str | None, out_file: Path
 @click.option("--top-k", type=int, default=20, show_default=True, help="Mutual nearest neighbours drawn when a "
                                                                       "prompt has no source points.")
 @click.option("--set", "sets", multiple=True, metavar="NAME.KEY=VALUE")
-@click.option("--device", default="cpu", show_default=True)
-def generate_cmd(prompts_file, method, out_dir, seed, guidance, negative_prompt, top_k, sets, device) -> None:
+@click.option("--device", default="auto", show_default=True, help="auto (CUDA when present), cpu, cuda or cuda:N.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+def generate_cmd(prompts_file, method, out_dir, seed, guidance, negative_prompt, top_k, sets, device, quiet) -> None:
     """Generate image pairs and match them with hyperfeatures (DHF's synthetic transfer)."""
+    from corrbench.devices import resolve_device
+
     from .generate import DEFAULT_NEGATIVE_PROMPT, generate
 
     if top_k < 1:
         raise UsageError(f"--top-k must be at least 1, got {top_k}")
     summary = generate(prompts_file, out_dir, method=method, seed=seed, guidance=guidance,
                        negative_prompt=DEFAULT_NEGATIVE_PROMPT if negative_prompt is None else negative_prompt,
-                       overrides=list(sets), device=device, top_k=top_k)
+                       overrides=list(sets), device=resolve_device(device), top_k=top_k, progress=not quiet)
     click.echo(f"wrote {len(summary['prompts'])} image pairs with descriptors and matches to {out_dir}")
