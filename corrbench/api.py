@@ -11,7 +11,7 @@ import os
 import warnings
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Iterator
+from typing import TYPE_CHECKING, Any, ClassVar, Iterator, Sequence
 
 import numpy as np
 
@@ -65,7 +65,7 @@ def astuple_grid(g: FeatureGrid) -> tuple[float, float, float, float]:
     return (g.stride_x, g.stride_y, g.offset_x, g.offset_y)
 
 
-RESIZE_POLICIES = ("square", "short_side", "long_side")
+RESIZE_POLICIES = ("square", "short_side", "long_side", "pad_square")
 
 
 @dataclass(frozen=True)
@@ -74,8 +74,11 @@ class Preprocess:
 
     ``resize``: ``square`` stretches to ``load_size × load_size`` (the DHF paper protocol; aspect is not
     kept); ``short_side`` scales the short side to ``load_size`` keeping aspect (dino-vit-features);
-    ``long_side`` scales the long side to ``load_size`` keeping aspect. ``mean``/``std`` normalise the
-    [0, 1] RGB input before ``extract`` when given.
+    ``long_side`` scales the long side to ``load_size`` keeping aspect; ``pad_square`` scales the long
+    side to ``load_size`` keeping aspect and centres the image on a black ``load_size²`` canvas (sd-dino,
+    GeoAware-SC, Probe3D). ``mean``/``std`` normalise the [0, 1] RGB input before ``extract`` when given.
+    Keypoints map between frames through :meth:`content_box`; PCK is always scored in original pixels,
+    so neither stretching nor padding changes a threshold (docs/protocol.md#threshold-frame).
     """
 
     load_size: int = 224
@@ -94,7 +97,7 @@ class Preprocess:
         """Load-frame (H, W) for an original image of size (W, H)."""
         W, H = size_wh
         S = int(self.load_size)
-        if self.resize == "square":
+        if self.resize in ("square", "pad_square"):
             return S, S
         if self.resize == "short_side":
             # torchvision's Resize(int), which dino-vit-features uses, truncates the long side
@@ -103,6 +106,19 @@ class Preprocess:
             return S, max(1, int(S * W / H))
         scale = S / max(W, H)
         return max(1, round(H * scale)), max(1, round(W * scale))
+
+    def content_box(self, size_wh: tuple[int, int]) -> tuple[int, int, int, int]:
+        """Where the resized image lies in the load frame: (left, top, width, height) in load pixels.
+
+        The whole frame for every policy but ``pad_square``, whose image is centred with integer offsets.
+        """
+        H, W = self.load_hw(size_wh)
+        if self.resize != "pad_square":
+            return 0, 0, W, H
+        w0, h0 = size_wh
+        scale = int(self.load_size) / max(w0, h0)
+        w, h = max(1, min(W, round(w0 * scale))), max(1, min(H, round(h0 * scale)))
+        return (W - w) // 2, (H - h) // 2, w, h
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -133,6 +149,10 @@ class Descriptor:
     default_config: ClassVar[dict[str, Any]] = {}
     #: key → Option, made from ``default_config`` when the class is defined
     options: ClassVar[dict[str, Option]] = {}
+    #: True when the features depend on the image's category (a text prompt "a photo of a {category}"):
+    #: ``extract`` then receives ``categories=[...]`` (one string or None per image), the category is part
+    #: of the feature-cache key, and results.json marks the method as using class labels
+    uses_category: ClassVar[bool] = False
     config_namespaces: ClassVar[dict[str, tuple[str, ...]]] = {}
     runtime_keys: ClassVar[tuple[str, ...]] = ()
     preprocess: ClassVar[Preprocess] = Preprocess()
@@ -153,6 +173,9 @@ class Descriptor:
         self.config: dict[str, Any] = {**self.default_config, **coerce_config(self, config, self.name)}
         self.device = device
         self._ready = False
+        #: changes a run's protocol makes to :meth:`preprocessing` (``resize``, ``load_size``); see
+        #: :meth:`input_preprocessing`
+        self.preprocess_changes: dict[str, Any] = {}
 
     # -- hooks for subclasses -------------------------------------------------------------
     def setup(self) -> None:
@@ -177,6 +200,14 @@ class Descriptor:
         if "load_size" in self.config:
             return replace(self.preprocess, load_size=int(self.config["load_size"]))
         return self.preprocess
+
+    def input_preprocessing(self) -> Preprocess:
+        """What a run actually feeds the method: :meth:`preprocessing` with the protocol's changes applied.
+
+        Not meant to be overridden: the runner, the cache key and results.json all read this one.
+        """
+        prep = self.preprocessing()
+        return replace(prep, **self.preprocess_changes) if self.preprocess_changes else prep
 
     #: the registered readout that turns this method's maps into predictions unless ``--readout`` says
     #: otherwise (see corrbench.readouts); a property when it depends on the config
@@ -272,12 +303,18 @@ class Descriptor:
             self.setup()
             self._ready = True
 
-    def describe(self, images: "torch.Tensor") -> "torch.Tensor":
+    def describe(self, images: "torch.Tensor", categories: "Sequence[str | None] | None" = None) -> "torch.Tensor":
+        """:meth:`extract` under the input contract, output checked; ``categories`` reach it only when
+        the method :attr:`uses_category`."""
         import torch
 
         images = self._prepare(images)
         with torch.inference_mode():
-            out = self.extract(images)
+            if self.uses_category:
+                cats = list(categories) if categories is not None else [None] * images.shape[0]
+                out = self.extract(images, categories=cats)
+            else:
+                out = self.extract(images)
         self._validate(out, images.shape[0])
         return out
 
@@ -299,7 +336,7 @@ class Descriptor:
     def _normalise(self, images: "torch.Tensor") -> "torch.Tensor":
         import torch
 
-        prep = self.preprocessing()
+        prep = self.input_preprocessing()
         if prep.mean is None:
             return images
         mean = torch.tensor(prep.mean, dtype=images.dtype, device=images.device).view(1, 3, 1, 1)
@@ -572,4 +609,13 @@ class Dataset:
 
     def protocol(self) -> dict[str, Any]:
         """Facts about the evaluation protocol recorded in results.json (pair list file, sha256...)."""
+        return {}
+
+    def mirror_partners(self, category: str) -> dict[str, str]:
+        """Left/right partner of each keypoint id of ``category`` (``{"3": "4", "4": "3", ...}``).
+
+        Keypoint ids are the strings in ``Pair.metadata["keypoint_ids"]``. The runner uses the map for the
+        left/right swap rate (a prediction that lands on the mirror partner of its keypoint). Symmetric;
+        ids without a partner (a nose, a tail) are left out. Default: nothing known, no swap rate.
+        """
         return {}

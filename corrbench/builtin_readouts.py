@@ -11,7 +11,9 @@ from .hookspecs import hookimpl
 
 @hookimpl
 def register_readouts(register):
-    from .readouts import KernelSoftArgmax, NearestNeighbour, PairConditioned, SoftArgmax, WindowSoftArgmax
+    from .readouts import (KernelSoftArgmax, MutualNearestNeighbour, NearestNeighbour, PairConditioned, SoftArgmax,
+                           WindowSoftArgmax)
 
-    for cls in (NearestNeighbour, SoftArgmax, WindowSoftArgmax, KernelSoftArgmax, PairConditioned):
+    for cls in (NearestNeighbour, MutualNearestNeighbour, SoftArgmax, WindowSoftArgmax, KernelSoftArgmax,
+                PairConditioned):
         register(cls)

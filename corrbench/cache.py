@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import tempfile
 import warnings
 from pathlib import Path
@@ -99,7 +100,10 @@ class FeatureCache:
 
     def __init__(self, root: Path, method: str, identity: dict[str, Any]):
         self.digest = config_hash({"format": FORMAT_VERSION, **identity})
-        self.dir = Path(root) / f"{method}-{self.digest[:12]}"
+        # a family name such as "hf:/models/dinov2" must stay one folder: unsafe characters become "_"
+        # (the exact name is in the folder's config.json, and the digest keeps folders apart)
+        safe = re.sub(r"[^A-Za-z0-9._-]+", "_", method).strip("_.")[:80] or "method"
+        self.dir = Path(root) / f"{safe}-{self.digest[:12]}"
         self.identity = identity
         self.hits = 0
         self.misses = 0

@@ -55,7 +55,7 @@ def cli(ctx: click.Context, debug: bool) -> None:
               help="Evaluate a seeded sample of N pairs, stratified by category (see --seed).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of --sample.")
 @click.option("--alpha", "alphas", default=None, metavar="A,B,...",
-              help="PCK thresholds as fractions of the reference length (default 0.01,0.05,0.1,0.15; 0.1 always).")
+              help="PCK thresholds as fractions of the reference length (default: the protocol's; 0.1 always).")
 @click.option("--device", default="auto", show_default=True, help="auto (CUDA when present), cpu, cuda or cuda:N.")
 @click.option("--batch-size", type=int, default=8, show_default=True, help="Images per descriptor call.")
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=None,
@@ -66,38 +66,50 @@ def cli(ctx: click.Context, debug: bool) -> None:
               help="Feature cache (default $CORRBENCH_CACHE or the user cache).")
 @click.option("--no-cache", is_flag=True, help="Do not read or keep cached features.")
 @click.option("--skip-invalid", is_flag=True, help="Skip (and count) malformed pairs instead of stopping.")
-@click.option("--compare", type=click.Choice(["le", "lt"]), default="le", show_default=True,
-              help="A keypoint is correct when dist ≤ αL (le) or dist < αL (lt).")
+@click.option("--compare", type=click.Choice(["le", "lt"]), default=None,
+              help="A keypoint is correct when dist ≤ αL (le) or dist < αL (lt) (default: the protocol's).")
 @click.option("--readout", default=None, metavar="NAME",
-              help="Read every method out with this registered readout (default: each method's own; "
-                   "`corrbench list readouts`). Its settings: --set readout.KEY=VALUE.")
+              help="Read every method out with this registered readout (default: the protocol's, else each "
+                   "method's own; `corrbench list readouts`). Its settings: --set readout.KEY=VALUE.")
+@click.option("--protocol", default=None, metavar="NAME",
+              help="A published evaluation protocol: every knob at once (default dhf; `corrbench list protocols`).")
+@click.option("--flip/--no-flip", default=None,
+              help="Average each method's features with those of the mirrored image (default: the protocol's).")
+@click.option("--resamples", type=int, default=1000, show_default=True,
+              help="Bootstrap resamples behind the 95 % confidence intervals.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars or status lines; only the table and errors.")
 def run(methods, dataset, split, data_root, limit, sample, seed, alphas, device, batch_size, out_dir, overrides,
-        cache_dir, no_cache, skip_invalid, compare, readout, quiet) -> None:
+        cache_dir, no_cache, skip_invalid, compare, readout, protocol, flip, resamples, quiet) -> None:
     """Evaluate METHODS on a dataset and write a results folder."""
-    from .metrics import ALPHAS, check_alphas
     from .runner import run_benchmark
 
-    alphas = check_alphas(alphas) if alphas is not None else ALPHAS
     if out_dir is None:
         out_dir = default_out_dir(dataset, split)
     result = run_benchmark(methods, dataset, split=split, data_root=data_root, overrides=list(overrides),
                            limit=limit, device=device, batch_size=batch_size, out_dir=out_dir, cache_dir=cache_dir,
                            no_cache=no_cache, skip_invalid=skip_invalid, compare=compare, alphas=alphas,
-                           sample=sample, seed=seed, readout=readout, progress=not quiet,
+                           sample=sample, seed=seed, readout=readout, protocol=protocol, flip=flip,
+                           resamples=resamples, progress=not quiet,
                            echo=None if quiet else (lambda s: click.echo(s, err=True)))
     if not result.results:  # a non-zero rank of a distributed run: rank 0 reports
         return
     ds = result.results["dataset"]
+    proto = result.results["protocol"]
+    average = {"point": "pooled per keypoint", "image": "mean per image",
+               "category": "mean over categories"}[proto["headline"]["average"]]
+    changed = f" + {', '.join(proto['overrides'])} changed" if proto.get("overrides") else ""
     click.echo(f"\n{ds['name']} / {ds['split']}: {ds['n_pairs']} pairs, "
                f"{next(iter(result.results['methods'].values()))['n_keypoints']} keypoints"
-               + (f", {len(ds['skipped'])} skipped" if ds["skipped"] else "") + "  (PCK@0.1 in %, pooled per keypoint)")
+               + (f", {len(ds['skipped'])} skipped" if ds["skipped"] else "")
+               + f"  (protocol {proto['name']}{changed}: PCK@0.1 in %, {average}; 95 % bootstrap CI)")
     _echo_table(result.table)
     click.echo(f"results: {result.out_dir}")
+    if not quiet:
+        click.echo(f"report: corrbench report {result.out_dir} --html {Path(result.out_dir) / 'report.html'}", err=True)
 
 
 @cli.command("list")
-@click.argument("kind", type=click.Choice(["methods", "datasets", "readouts", "all"]), default="all")
+@click.argument("kind", type=click.Choice(["methods", "datasets", "readouts", "protocols", "all"]), default="all")
 @click.argument("pattern", required=False)
 @click.option("--options", "show_options", is_flag=True,
               help="Also list each one's config keys (--set NAME.KEY=VALUE): type, default, doc, choices or range.")
@@ -106,10 +118,11 @@ def list_(kind: str, pattern: str | None, show_options: bool) -> None:
     from .plugins import get_host
 
     host = get_host()
-    for title, registry in (("methods", host.methods), ("datasets", host.datasets), ("readouts", host.readouts)):
+    for title, registry in (("methods", host.methods), ("datasets", host.datasets), ("readouts", host.readouts),
+                            ("protocols", host.protocols)):
         if kind not in (title, "all"):
             continue
-        entries = registry.entries(pattern)
+        entries, notes = registry.listing(pattern)  # families: one row, or their matching members
         click.echo(f"{title}:")
         width = max((len(e.name) for e in entries), default=0)
         for e in entries:
@@ -118,6 +131,8 @@ def list_(kind: str, pattern: str | None, show_options: bool) -> None:
             if show_options:
                 for line in _options_lines(e, indent="      "):
                     click.echo(line)
+        for note in notes:
+            click.echo(f"  {note}")
         if not entries:
             click.echo("  (none)")
 
@@ -147,15 +162,17 @@ def _options_lines(entry, indent: str) -> list[str]:
 @cli.command()
 @click.argument("name")
 def info(name: str) -> None:
-    """Describe one method, dataset or readout: description, plugin, aliases and config keys (with --set)."""
+    """Describe one method, dataset, readout or protocol: description, plugin, aliases, settings."""
     from .plugins import get_host
 
     host = get_host()
-    registries = (("method", host.methods), ("dataset", host.datasets), ("readout", host.readouts))
+    registries = (("method", host.methods), ("dataset", host.datasets), ("readout", host.readouts),
+                  ("protocol", host.protocols))
     found = [(kind, registry.entry(name)) for kind, registry in registries if name in registry]
     if not found:
         known = sorted({n for _, registry in registries for n in registry.names()})
-        raise UsageError(f"unknown method, dataset or readout {name!r}; known: {', '.join(known) or '(none registered)'}")
+        raise UsageError(f"unknown method, dataset, readout or protocol {name!r}; "
+                         f"known: {', '.join(known) or '(none registered)'}")
     for n, (kind, entry) in enumerate(found):
         if n:
             click.echo("")
@@ -177,6 +194,12 @@ def info(name: str) -> None:
                     click.echo(f"  default readout: {readout}")
             except Exception:  # shown by the options below
                 pass
+        if kind == "protocol":
+            preset = entry.load()
+            for key, value in preset.as_dict().items():
+                if key not in ("name", "description") and value not in (None, {}, ""):
+                    click.echo(f"  {key}: {value}")
+            continue
         prefix = "readout" if kind == "readout" else entry.name
         click.echo(f"  options (--set {prefix}.KEY=VALUE):")
         for line in _options_lines(entry, indent="    "):
@@ -196,25 +219,14 @@ def plugins(hook: str | None) -> None:
         if hook:
             impls = getattr(host.pm.hook, hook, None)
             if impls is None:
-                raise UsageError(f"unknown hook {hook!r}; hooks: register_methods, register_datasets, register_tables, "
-                                 "register_commands")
+                from . import hookspecs
+
+                names = sorted(n for n, f in vars(hookspecs).items() if hasattr(f, "corrbench_spec"))
+                raise UsageError(f"unknown hook {hook!r}; hooks: {', '.join(names)}")
             if not any(i.plugin_name == info.name for i in impls.get_hookimpls()):
                 continue
         rows.append(info.as_dict())
     click.echo(json.dumps(rows, indent=2))
-
-
-@cli.command()
-@click.argument("run_dir", type=click.Path(path_type=Path))
-@click.option("--format", "fmt", type=click.Choice(["md", "csv", "latex"]), default="md", show_default=True)
-@click.option("--cost", is_flag=True, help="Add the seconds-per-image column.")
-def report(run_dir: Path, fmt: str, cost: bool) -> None:
-    """Re-render the table of a finished run."""
-    from .results import headline_table, load_run, render
-
-    results, summary = load_run(run_dir)
-    costs = {m: r.get("cost", {}) for m, r in results.get("methods", {}).items()} if cost else None
-    click.echo(render(headline_table(summary, costs), fmt), nl=False)
 
 
 @cli.command()
@@ -304,6 +316,16 @@ from .cli_reproduce import compare, regress, reproduce  # noqa: E402  (core verb
 cli.add_command(reproduce)
 cli.add_command(compare)
 cli.add_command(regress)
+
+from .cli_stats import paired  # noqa: E402
+
+cli.add_command(paired)
+
+from .cli_report import leaderboard, plot, report  # noqa: E402  (reading finished runs: report, plot, leaderboard)
+
+cli.add_command(report)
+cli.add_command(plot)
+cli.add_command(leaderboard)
 
 _commands_added = False
 

@@ -114,10 +114,12 @@ def table_command(name: str, description: str = "") -> click.Command:
 @click.option("--allow-missing", is_flag=True, help="Do not fail on baseline cells absent from the results.")
 @click.option("--format", "fmt", type=click.Choice(["md", "csv"]), default="md", show_default=True)
 @click.option("--changes-only", is_flag=True, help="Show only the cells that are not 'ok'.")
+@click.option("--allow-mixed-protocols", "allow_mixed", is_flag=True,
+              help="Compare even when the two sides were measured under different --protocol presets.")
 @click.option("--quiet", "-q", is_flag=True, help="Print only the PASS/FAIL summary line (and notes).")
 @click.pass_context
 def compare(ctx, baseline, results, tolerance, metrics, methods, two_sided, allow_missing, fmt, changes_only,
-            quiet) -> None:
+            allow_mixed, quiet) -> None:
     """Compare RESULTS with BASELINE cell by cell; exit status 1 when a cell drops by more than the tolerance.
 
     Each of BASELINE and RESULTS is a run folder, a folder of run folders (`corrbench reproduce` output)
@@ -127,7 +129,7 @@ def compare(ctx, baseline, results, tolerance, metrics, methods, two_sided, allo
 
     split = (lambda v: [x.strip() for x in v.split(",") if x.strip()] if v else None)  # noqa: E731
     cmp = compare_paths(baseline, results, tolerance=tolerance, metrics=split(metrics), methods=split(methods),
-                        two_sided=two_sided, allow_missing=allow_missing)
+                        two_sided=two_sided, allow_missing=allow_missing, allow_mixed=allow_mixed)
     if not quiet:
         click.echo(f"baseline: {baseline}\nresults:  {results}\n")
         click.echo(cmp.render(fmt, "changes" if changes_only else "all"), nl=False)

@@ -15,6 +15,14 @@ side of a comparison may be
 A cell *drops* when ``results − baseline < −tolerance`` (PCK points). Cells present in the baseline but
 not in the results are *missing*, and fail the comparison too: a method that silently disappeared must
 not pass. ``two_sided`` also fails on rises (the CI lane: a deterministic run must not move at all).
+
+Numbers measured under different protocols (``--protocol``: per image vs per keypoint, ``<`` vs ``≤``,
+readout, resolution...) are not comparable, so a comparison whose two sides name different protocols for
+a dataset is refused unless ``allow_mixed`` is set. A run's protocol is ``protocol.name`` in its
+results.json, plus ``+knob`` for each knob the user changed; a baseline file may state one per dataset
+(``"datasets": {"spair": {"split": ..., "protocol_preset": "dift"}}``; its free-text ``protocol`` describes the
+pair list); runs and baselines that predate
+protocols were measured under ``dhf``.
 """
 
 from __future__ import annotations
@@ -51,6 +59,15 @@ class Cells:
     source: str
     values: dict[CellKey, float] = field(default_factory=dict)
     splits: dict[str, str] = field(default_factory=dict)  # dataset → split
+    protocols: dict[str, str] = field(default_factory=dict)  # dataset → protocol label
+
+
+def protocol_label(protocol: dict[str, Any] | None) -> str:
+    """``dift``, or ``dift+readout,flip`` when the run changed knobs of its preset (see module docstring)."""
+    protocol = protocol or {}
+    name = str(protocol.get("name") or "dhf")
+    changed = protocol.get("overrides") or []
+    return f"{name}+{','.join(changed)}" if changed else name
 
 
 # --------------------------------------------------------------------------------------------------
@@ -75,6 +92,7 @@ def load_cells(path: str | Path) -> Cells:
                                          f"folder ({run.name} and another); compare the run folders one by one")
                 merged.values.update(part.values)
                 merged.splits.update(part.splits)
+                merged.protocols.update(part.protocols)
             return merged
         raise UsageError(f"{path} is neither a corrbench run folder (results.json), a folder of run folders, "
                          f"nor a baseline JSON file")
@@ -91,7 +109,7 @@ def _cells_from_run(run_dir: Path) -> Cells:
         methods = results["methods"]
     except (KeyError, TypeError) as exc:
         raise CorrbenchError(f"{run_dir / 'results.json'}: no dataset/methods section ({exc})") from exc
-    cells = Cells(str(run_dir), splits={dataset: split})
+    cells = Cells(str(run_dir), splits={dataset: split}, protocols={dataset: protocol_label(results.get("protocol"))})
     for method, entry in methods.items():
         for metric, value in (entry.get("metrics") or {}).items():
             cells.values[(method, dataset, metric)] = _number(value, f"{run_dir}/results.json {method} {metric}")
@@ -117,7 +135,8 @@ def cells_from_baseline(obj: Any, source: str = "baseline") -> Cells:
     if not isinstance(rows, list):
         raise CorrbenchError(f"{source}: \"rows\" must be a list")
     datasets = obj.get("datasets") or {}
-    cells = Cells(source, splits={str(d): str((v or {}).get("split", "")) for d, v in datasets.items()})
+    cells = Cells(source, splits={str(d): str((v or {}).get("split", "")) for d, v in datasets.items()},
+                  protocols={str(d): str((v or {}).get("protocol_preset") or "dhf") for d, v in datasets.items()})
     for i, row in enumerate(rows):
         if not isinstance(row, dict) or not isinstance(row.get("method"), str):
             raise CorrbenchError(f"{source}: rows[{i}] has no \"method\" name")
@@ -218,10 +237,11 @@ def select_metrics(keys: Iterable[CellKey], patterns: Sequence[str] | None) -> s
 def compare_cells(baseline: Cells, results: Cells, tolerance: float = DEFAULT_TOLERANCE,
                   metrics: Sequence[str] | None = None, methods: Sequence[str] | None = None,
                   two_sided: bool = False, allow_missing: bool = False,
-                  tolerances: dict[CellKey, float] | None = None) -> Comparison:
+                  tolerances: dict[CellKey, float] | None = None, allow_mixed: bool = False) -> Comparison:
     """Compare cell by cell; ``tolerances`` overrides ``tolerance`` for the cells it names (a column of the table)."""
     if tolerance < 0 or not math.isfinite(tolerance):
         raise UsageError(f"--tolerance must be a non-negative number of PCK points, got {tolerance}")
+    mixed = check_protocols(baseline, results, allow_mixed)
     keys = select_metrics(set(baseline.values) | set(results.values), metrics)
     if methods:
         keys = {k for k in keys if k[0] in set(methods)}
@@ -247,11 +267,27 @@ def compare_cells(baseline: Cells, results: Cells, tolerance: float = DEFAULT_TO
         columns.remove("tolerance")
     table = pd.DataFrame(rows, columns=columns)
     notes = []
+    notes.extend(mixed)
     for dataset in sorted({k[1] for k in keys}):
         bs, rs = baseline.splits.get(dataset), results.splits.get(dataset)
         if bs and rs and bs != rs:
             notes.append(f"dataset {dataset}: the baseline was measured on split {bs!r}, the results on {rs!r}")
     return Comparison(baseline, results, tolerance, two_sided, allow_missing, table, notes, per_cell=bool(tolerances))
+
+
+def check_protocols(baseline: Cells, results: Cells, allow_mixed: bool = False) -> list[str]:
+    """Refuse (UsageError) to compare a dataset measured under two protocols; with ``allow_mixed``, notes."""
+    notes = []
+    for dataset in sorted(set(baseline.protocols) & set(results.protocols)):
+        bp, rp = baseline.protocols[dataset], results.protocols[dataset]
+        if bp != rp:
+            message = (f"dataset {dataset}: {baseline.source} was measured under protocol {bp!r}, "
+                       f"{results.source} under {rp!r}")
+            if not allow_mixed:
+                raise UsageError(f"{message}; their numbers are not comparable (--allow-mixed-protocols to compare "
+                                 "anyway)")
+            notes.append(message + " (compared anyway: --allow-mixed-protocols)")
+    return notes
 
 
 def compare_paths(baseline: str | Path, results: str | Path, **kwargs: Any) -> Comparison:

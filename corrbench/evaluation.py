@@ -110,13 +110,15 @@ def evaluate(methods: Any, dataset: str = "synthetic", split: str | None = None,
              batch_size: int = 8, out_dir: str | os.PathLike | None = None,
              cache_dir: str | os.PathLike | None = None, no_cache: bool = False,
              overrides: Sequence[str] | dict[str, Any] | None = None, skip_invalid: bool = False,
-             compare: str = "le", readout: str | None = None, progress: bool = False) -> Result:
+             compare: str | None = None, readout: str | None = None, protocol: str | None = None,
+             flip: bool | None = None, resamples: int = 1000, progress: bool = False) -> Result:
     """Evaluate ``methods`` on ``dataset`` exactly as ``corrbench run`` does; return a :class:`Result`.
 
     ``methods``: one item or a list of registered names, Descriptors, ``nn.Module``\\ s and callables.
     ``overrides``: ``--set`` values for the registered names (``["dsift.stride=4"]`` or a dict).
     ``out_dir``: also write the run folder (results.json, summary.csv, ...), as the CLI does.
-    ``readout``: a registered readout for every method (default: each method's own).
+    ``readout``: a registered readout for every method (default: the protocol's, else each method's own).
+    ``protocol``: a registered preset (``"geoaware"``...; default ``"dhf"``); ``compare``/``flip`` override it.
     """
     from .runner import run_benchmark
 
@@ -125,7 +127,7 @@ def evaluate(methods: Any, dataset: str = "synthetic", split: str | None = None,
     run = run_benchmark(resolved, dataset, split=split, data_root=data_root, overrides=overrides, limit=limit,
                         device=device, batch_size=batch_size, out_dir=out_dir, cache_dir=cache_dir,
                         no_cache=no_cache, skip_invalid=skip_invalid, compare=compare, readout=readout,
-                        progress=progress)
+                        protocol=protocol, flip=flip, resamples=resamples, progress=progress)
     return Result(run.summary, run.breakdown, pd.DataFrame(run.predictions), run.results, run.table, run.out_dir)
 
 

@@ -26,6 +26,14 @@ def register_methods(register):
     ``register(name, "module:Class", description="...", aliases=(...))`` to have the class imported
     only when a run needs it. The name must be unique across all installed plugins; a clash is
     reported and the first registration is kept.
+
+    A *family* of parametric names is registered under a name ending in ``*``:
+    ``register("timm:*", "module:FAMILY", description="...", featured={"timm:resnet50": "..."})``.
+    Every name starting with the prefix (``timm:vit_small_patch14_dinov2``) is built on first use by
+    ``FAMILY.build(suffix)``, which returns a Descriptor subclass whose ``name`` is exactly the full name
+    (or raises a one-line UsageError with close matches). Optional ``FAMILY.members(pattern, limit)``
+    returns ``(rows, total)`` for ``corrbench list methods 'timm:*'``. ``featured`` names are listed and
+    run by the conformance suite like ordinary methods. Families may not overlap.
     """
 
 
@@ -59,6 +67,28 @@ def register_tables(register):
     protocol), metric, the published numbers and their source. Every method and dataset it names is
     looked up through the registries when it runs; a row whose plugin is missing is reported, not fatal.
     See docs/plugins.md and docs/reproduce.md.
+    """
+
+
+@hookspec
+def register_plots(register):
+    """Register report figures: a section of ``corrbench report --html`` drawn for each method of a run.
+
+    ``register(name, fn, description="...")`` or ``register(name, "module:function", description="...")``.
+    ``fn(ctx)`` gets a :class:`corrbench.plots.PlotContext` (``run_dir``, ``results``, ``method``, ``entry``:
+    the method's results.json entry, ``figure(w, h)``) and returns a matplotlib Figure, or ``None`` when it
+    has nothing to show for that method. A figure that raises is left out of the report with a warning.
+    """
+
+
+@hookspec
+def register_protocols(register):
+    """Register evaluation protocol presets (``--protocol NAME``).
+
+    ``register(protocol)`` with a :class:`corrbench.protocols.Protocol`: every knob of a published
+    evaluation (α values, ``<`` or ``≤``, headline average and norm, readout, input resize and size, flip
+    averaging, pairs per category). A run records the whole preset in results.json; ``compare`` and
+    ``leaderboard`` refuse to rank runs of different protocols. See docs/protocol.md#protocol-presets.
     """
 
 

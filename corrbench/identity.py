@@ -97,7 +97,7 @@ def method_identity(descriptor, weights: str | None = None) -> dict[str, Any]:
         "plugin_version": plugin_code_identity(type(descriptor)),
         "core_version": core_code_identity(),
         "weights": descriptor.weights_identity() if weights is None else weights,
-        "preprocess": descriptor.preprocessing().as_dict(),
+        "preprocess": descriptor.input_preprocessing().as_dict(),
         "cache_dtype": descriptor.cache_dtype,
     }
 

@@ -73,7 +73,13 @@ def load_rgb(path: Path) -> Image.Image:
 def to_input(image: Image.Image, prep: Preprocess) -> np.ndarray:
     """Resize per ``prep`` and return a C-contiguous 3×H×W float32 array in [0, 1]."""
     H, W = prep.load_hw(image.size)
-    resized = image.resize((W, H), _RESAMPLE[prep.resample]) if (W, H) != image.size else image
+    if prep.resize == "pad_square":
+        left, top, w, h = prep.content_box(image.size)
+        canvas = Image.new("RGB", (W, H))  # black, as sd-dino and GeoAware-SC pad
+        canvas.paste(image.resize((w, h), _RESAMPLE[prep.resample]) if (w, h) != image.size else image, (left, top))
+        resized = canvas
+    else:
+        resized = image.resize((W, H), _RESAMPLE[prep.resample]) if (W, H) != image.size else image
     # the transpose alone is a channels-last view; stacking such views keeps channels-last strides,
     # which some CPU kernels (GroupNorm in float32) handle with far worse precision
     return np.ascontiguousarray(np.asarray(resized, dtype=np.float32).transpose(2, 0, 1) / 255.0)
@@ -86,13 +92,30 @@ def to_batch(images: "list[Image.Image]", prep: Preprocess):
     return torch.from_numpy(np.stack([to_input(im, prep) for im in images])).contiguous()
 
 
-def to_load(points: np.ndarray, size_wh: tuple[int, int], load_hw: tuple[int, int]) -> np.ndarray:
+def _frame(size_wh: tuple[int, int], load_hw: tuple[int, int], prep: Preprocess | None):
+    """(scale, offset) with load = original · scale + offset (padding only offsets ``pad_square``)."""
     W, H = size_wh
+    if prep is not None and prep.resize == "pad_square":
+        left, top, w, h = prep.content_box(size_wh)
+        return np.array([w / W, h / H]), np.array([left, top], dtype=np.float64)
     Hl, Wl = load_hw
-    return np.asarray(points, dtype=np.float64) * np.array([Wl / W, Hl / H])
+    return np.array([Wl / W, Hl / H]), np.zeros(2)
 
 
-def to_original(points: np.ndarray, size_wh: tuple[int, int], load_hw: tuple[int, int]) -> np.ndarray:
-    W, H = size_wh
-    Hl, Wl = load_hw
-    return np.asarray(points, dtype=np.float64) * np.array([W / Wl, H / Hl])
+def to_load(points: np.ndarray, size_wh: tuple[int, int], load_hw: tuple[int, int],
+            prep: Preprocess | None = None) -> np.ndarray:
+    """Original-image (x, y) → load-frame (x, y); ``prep`` is needed only for ``pad_square``."""
+    scale, offset = _frame(size_wh, load_hw, prep)
+    return np.asarray(points, dtype=np.float64) * scale + offset if offset.any() else \
+        np.asarray(points, dtype=np.float64) * scale
+
+
+def to_original(points: np.ndarray, size_wh: tuple[int, int], load_hw: tuple[int, int],
+                prep: Preprocess | None = None) -> np.ndarray:
+    """Load-frame (x, y) → original-image (x, y): the inverse of :func:`to_load`."""
+    if prep is None or prep.resize != "pad_square":  # the plain scale, in the arithmetic it always had
+        W, H = size_wh
+        Hl, Wl = load_hw
+        return np.asarray(points, dtype=np.float64) * np.array([W / Wl, H / Hl])
+    scale, offset = _frame(size_wh, load_hw, prep)
+    return (np.asarray(points, dtype=np.float64) - offset) / scale

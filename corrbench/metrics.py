@@ -98,6 +98,16 @@ def pck_table(keypoints: pd.DataFrame, alphas: Sequence[float] = ALPHAS, compare
     return pd.DataFrame(rows, columns=["group", "level", "norm", "average", "alpha", "value", "n"])
 
 
+def _category_mean_rows(table: pd.DataFrame) -> pd.DataFrame:
+    """Overall rows with average ``category``: the mean of the per-category pooled PCK (n = categories)."""
+    per_cat = table[(table["group"] == "category") & (table["average"] == "point")]
+    if per_cat.empty:
+        return table.iloc[0:0]
+    means = per_cat.groupby(["norm", "alpha"], sort=False)["value"].agg(["mean", "size"]).reset_index()
+    return pd.DataFrame({"group": "all", "level": "all", "norm": means["norm"], "average": "category",
+                         "alpha": means["alpha"], "value": means["mean"], "n": means["size"].astype(int)})
+
+
 @dataclass
 class MethodScore:
     """A method's scores: long-format overall and breakdown rows, the headline metrics, per category."""
@@ -115,6 +125,7 @@ def score_method(keypoints: pd.DataFrame, alphas: Sequence[float], compare: str,
     from .results import SUMMARY_COLUMNS
 
     table = pck_table(keypoints, alphas, compare, groups=("category", *flags))
+    table = pd.concat([table, _category_mean_rows(table)], ignore_index=True)
     for i, key in enumerate(("method", "dataset", "split")):
         table.insert(i, key, labels[key])
     table.insert(3, "metric", "pck")

@@ -22,7 +22,8 @@ import pluggy
 
 from . import hookspecs
 from .errors import CorrbenchError
-from .registry import DatasetRegistry, MethodRegistry, ReadoutRegistry, TableRegistry, make_register
+from .registry import (DatasetRegistry, MethodRegistry, PlotRegistry, ProtocolRegistry, ReadoutRegistry, TableRegistry,
+                       make_register)
 
 ENTRY_POINT_GROUP = "corrbench"
 
@@ -42,6 +43,8 @@ class PluginInfo:
     commands: list[str] = field(default_factory=list)
     tables: list[str] = field(default_factory=list)
     readouts: list[str] = field(default_factory=list)
+    plots: list[str] = field(default_factory=list)
+    protocols: list[str] = field(default_factory=list)
     error: str = ""
 
     def as_dict(self) -> dict[str, Any]:
@@ -66,6 +69,8 @@ class PluginHost:
         self.datasets = DatasetRegistry("dataset")
         self.tables = TableRegistry("table")
         self.readouts = ReadoutRegistry("readout")
+        self.plots = PlotRegistry("plot")
+        self.protocols = ProtocolRegistry("protocol")
         self.plugins: dict[str, PluginInfo] = {}
         self.problems: list[str] = []
         self.register_core()
@@ -80,11 +85,11 @@ class PluginHost:
         warnings.warn(message, PluginWarning, stacklevel=3)
 
     def register_core(self) -> None:
-        """The core's own readouts (nn, pair-conditioned), registered through the same hook as a plugin's."""
-        from . import builtin_readouts
+        """The core's own readouts and protocol presets, registered through the same hooks as a plugin's."""
+        from . import builtin
 
-        self.register_plugin(builtin_readouts, "corrbench", PluginInfo(name="corrbench", distribution="corrbench",
-                                                                        module=builtin_readouts.__name__))
+        self.register_plugin(builtin, "corrbench", PluginInfo(name="corrbench", distribution="corrbench",
+                                                               module=builtin.__name__))
 
     def load_entry_points(self) -> None:
         allow = _name_list("CORRBENCH_LOAD_PLUGINS")
@@ -122,7 +127,9 @@ class PluginHost:
         for hook_name, registry, bucket in (("register_methods", self.methods, info.methods),
                                             ("register_datasets", self.datasets, info.datasets),
                                             ("register_tables", self.tables, info.tables),
-                                            ("register_readouts", self.readouts, info.readouts)):
+                                            ("register_readouts", self.readouts, info.readouts),
+                                            ("register_plots", self.plots, info.plots),
+                                            ("register_protocols", self.protocols, info.protocols)):
             for impl in getattr(self.pm.hook, hook_name).get_hookimpls():
                 if impl.plugin_name != name:
                     continue
@@ -133,7 +140,8 @@ class PluginHost:
                     registry.remove_plugin(name)
                     bucket.clear()
                     self._fail(info, f"failed in {hook_name}", exc)
-        clashes = self.methods.clashes + self.datasets.clashes + self.tables.clashes + self.readouts.clashes
+        clashes = (self.methods.clashes + self.datasets.clashes + self.tables.clashes + self.readouts.clashes
+                   + self.plots.clashes + self.protocols.clashes)
         self.problems.extend(clashes)
         for clash in clashes:
             warnings.warn(clash, PluginWarning, stacklevel=2)
@@ -141,6 +149,8 @@ class PluginHost:
         self.datasets.clashes.clear()
         self.tables.clashes.clear()
         self.readouts.clashes.clear()
+        self.plots.clashes.clear()
+        self.protocols.clashes.clear()
 
     def add_commands(self, cli) -> None:
         for impl in self.pm.hook.register_commands.get_hookimpls():

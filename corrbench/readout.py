@@ -136,6 +136,32 @@ def nn_transfer(source_map: torch.Tensor, target_map: torch.Tensor,
     return points, match_margins(cos / s_norm[:, None, None], idx)
 
 
+def mutual_nn_transfer(source_map: torch.Tensor, target_map: torch.Tensor,
+                       source_grid: FeatureGrid, target_grid: FeatureGrid,
+                       source_load_hw: tuple[int, int], target_load_hw: tuple[int, int],
+                       source_points: torch.Tensor, radius: float,
+                       target_norm: torch.Tensor | None = None, source_norm: torch.Tensor | None = None):
+    """:func:`nn_transfer` plus a cycle check: ``(points, margins, back, rejected)``.
+
+    ``points`` and ``margins`` are exactly those of ``nn_transfer(..., return_margin=True)``. ``back``
+    (N×2 float64, source load pixels) is the nearest neighbour in the upsampled *source* map of the
+    upsampled target descriptor at each predicted pixel: the same exact separable computation with the
+    roles swapped (the predicted points are integer pixels, so the backward lookup reads them without
+    rounding). ``rejected`` (N bools) is True where ``back`` lies farther than ``radius`` (Euclidean,
+    source load pixels) from the keypoint's rounded, clipped source pixel — the pixel whose descriptor
+    was matched, so a keypoint that returns to itself is kept at ``radius = 0``.
+    ``source_norm`` is :func:`target_norms` of the source map (pass it when one source serves many pairs).
+    """
+    points, margins = nn_transfer(source_map, target_map, source_grid, target_grid, source_load_hw,
+                                  target_load_hw, source_points, target_norm=target_norm, return_margin=True)
+    back = nn_transfer(target_map, source_map, target_grid, source_grid, target_load_hw, source_load_hw,
+                       points, target_norm=source_norm)
+    start = source_pixels(source_points, source_load_hw).double().to(back.device)
+    # squared integer offsets are exact in float64: the comparison has no round-off near the boundary
+    rejected = ((back - start) ** 2).sum(dim=1) > float(radius) ** 2
+    return points, margins, back, rejected
+
+
 def _scaled_cosines(source_map, target_map, source_grid, target_grid, source_load_hw, target_load_hw,
                     source_points, target_norm=None) -> tuple[torch.Tensor, torch.Tensor]:
     """(N×H×W cosines times |s|, |s|): every target pixel of the upsampled map, by the separable algebra.

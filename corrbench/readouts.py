@@ -3,7 +3,7 @@
 A readout is a named, registered object (hook ``register_readouts``), chosen per method by its
 ``default_readout`` and overridable for a whole run with ``--readout NAME`` and
 ``--set readout.key=value``. It is recorded by name, version and settings in ``results.json`` and in
-the key of cached predictions. The core registers two, through the same hook a third party uses:
+the key of cached predictions. The core registers these, through the same hook a third party uses:
 
 * ``nn`` — the exact nearest-neighbour readout (:func:`corrbench.readout.nn_transfer`): the source
   feature sampled bilinearly at the keypoint, cosine similarity with the target map upsampled to every
@@ -11,6 +11,9 @@ the key of cached predictions. The core registers two, through the same hook a t
 * ``pair-conditioned`` — the method's own :meth:`PairConditionedDescriptor.transfer` (DHPF's gates and
   Hough matching, HPF's RHM): the method *is* its readout.
 
+* ``mutual-nn`` — ``nn`` plus a cycle check: the predicted pixel's descriptor matched back into the
+  source must land within ``radius`` of the keypoint, otherwise the keypoint is *rejected*
+  (:attr:`ReadoutOutput.rejected`; the runner counts it as a miss).
 * ``soft-argmax``, ``window-soft-argmax``, ``kernel-soft-argmax`` — the expected pixel under
   softmax(cosine / temperature) over that same exact cosine map: everywhere, in a window around the
   argmax, or weighted by a Gaussian around it (sub-pixel predictions; settings via ``--set readout.*``).
@@ -51,11 +54,15 @@ class ReadoutInput:
 
 @dataclass
 class ReadoutOutput:
-    """N×2 float64 predicted points (x, y) in the target load frame, and optionally N×2 match margins
-    (``[local, far]`` cosine gaps, see :func:`corrbench.readout.match_margins`) for the regression lane."""
+    """N×2 float64 predicted points (x, y) in the target load frame, optionally N×2 match margins
+    (``[local, far]`` cosine gaps, see :func:`corrbench.readout.match_margins`) for the regression lane,
+    and optionally which keypoints the readout rejects (``rejected``)."""
 
     points: "torch.Tensor"
     margins: "torch.Tensor | None" = None
+    #: N bools, True for a keypoint the readout refuses to predict (``mutual-nn``'s failed cycle check);
+    #: its point is still given, and the runner scores it as a miss. None: every keypoint is kept.
+    rejected: "torch.Tensor | None" = None
 
 
 class Readout:
@@ -70,6 +77,9 @@ class Readout:
     description: ClassVar[str] = ""
     version: ClassVar[str] = "1"
     default_config: ClassVar[dict[str, Any]] = {}
+    #: True when :meth:`transfer` may reject keypoints (:attr:`ReadoutOutput.rejected`): the runner's
+    #: prediction cache keeps points only, so it recomputes such a readout's output instead of reusing them
+    may_reject: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -121,6 +131,59 @@ class NearestNeighbour(_CosineMap):
                                       x.source_grid, x.target_grid, x.source_load_hw, x.target_load_hw,
                                       x.source_points, target_norm=x.target_prepared, return_margin=True)
         return ReadoutOutput(points, margins)
+
+
+class MutualNearestNeighbour(_CosineMap):
+    """``nn`` plus a cycle check: a keypoint whose match does not map back near it is rejected.
+
+    The predicted target pixel's descriptor (the bilinearly upsampled target map there) is matched back
+    over every pixel of the upsampled source map, by the same exact separable algebra as the forward
+    match; the keypoint is kept when that backward nearest neighbour lies within ``radius`` source load
+    pixels of the keypoint's (rounded, clipped) pixel. Points and margins are ``nn``'s, unchanged.
+
+    The source map's per-pixel norms are needed for the backward match; the runner reads a source's
+    pairs one after another from the same cached tensor, so the norms of the last source are kept
+    (keyed by that tensor's identity, which a cached map never changes in place).
+    """
+
+    name = "mutual-nn"
+    may_reject = True
+    description = "nn plus a cycle check: keypoints whose match maps back farther than radius are rejected (exact)"
+    default_config = {"radius": Option(None, float, "largest source load-pixel distance of the backward match "
+                                                    "from the keypoint (default: one source feature-cell stride)",
+                                       min=0, nullable=True)}
+
+    def __init__(self, config: dict[str, Any] | None = None):
+        super().__init__(config)
+        self._last_source: tuple[Any, ...] | None = None
+
+    def radius(self, source_grid: "FeatureGrid") -> float:
+        r = self.config["radius"]
+        return float(max(source_grid.stride_x, source_grid.stride_y)) if r is None else float(r)
+
+    def _source_norms(self, x: ReadoutInput, source_features: "torch.Tensor") -> "torch.Tensor":
+        import weakref
+
+        from .readout import target_norms
+
+        key = (x.source_grid, tuple(x.source_load_hw))
+        last = self._last_source
+        if last is not None and last[0]() is x.source_map and last[1]() is x.descriptor and last[2] == key:
+            return last[3]
+        norms = target_norms(source_features, x.source_grid, x.source_load_hw)
+        self._last_source = (weakref.ref(x.source_map), weakref.ref(x.descriptor), key, norms)
+        return norms
+
+    def transfer(self, x: ReadoutInput) -> ReadoutOutput:
+        from .readout import mutual_nn_transfer
+
+        d = x.descriptor
+        src = d.readout_features(x.source_map)
+        points, margins, _, rejected = mutual_nn_transfer(
+            src, d.readout_features(x.target_map), x.source_grid, x.target_grid, x.source_load_hw,
+            x.target_load_hw, x.source_points, self.radius(x.source_grid), target_norm=x.target_prepared,
+            source_norm=self._source_norms(x, src))
+        return ReadoutOutput(points, margins, rejected)
 
 
 class _Soft(_CosineMap):
@@ -249,5 +312,5 @@ def make_readout(name: str, config: dict[str, Any] | None = None) -> Readout:
     return cls(config)
 
 
-__all__ = ["KernelSoftArgmax", "NearestNeighbour", "PairConditioned", "Readout", "ReadoutInput", "ReadoutOutput",
-           "SoftArgmax", "WindowSoftArgmax", "make_readout"]
+__all__ = ["KernelSoftArgmax", "MutualNearestNeighbour", "NearestNeighbour", "PairConditioned", "Readout", "ReadoutInput",
+           "ReadoutOutput", "SoftArgmax", "WindowSoftArgmax", "make_readout"]

@@ -20,6 +20,8 @@ from .cache import atomic_write_bytes
 from .errors import CorrbenchError, UsageError
 
 SUMMARY_COLUMNS = ["method", "dataset", "split", "metric", "norm", "average", "alpha", "value", "n"]
+#: summary.csv's bootstrap 95 % interval columns (empty where no interval is defined)
+INTERVAL_COLUMNS = ["ci_low", "ci_high"]
 HEADLINE_ALPHA = 0.10
 
 
@@ -46,10 +48,24 @@ def write_csv(path: Path, frame: pd.DataFrame) -> None:
     atomic_write_bytes(path, frame.to_csv(index=False, float_format="%.4f").encode())
 
 
+def with_intervals(summary: pd.DataFrame, statistics: dict[str, Any]) -> pd.DataFrame:
+    """``summary`` rows with ``ci_low``/``ci_high`` from a method's bootstrap (corrbench.stats)."""
+    from .metrics import metric_key
+
+    ci = statistics.get("ci95", {})
+    bounds = [ci.get(avg, {}).get(metric_key(a, norm)) for avg, a, norm in
+              zip(summary["average"], summary["alpha"], summary["norm"])]
+    return summary.assign(ci_low=[b[0] if b else None for b in bounds], ci_high=[b[1] if b else None for b in bounds])
+
+
 def headline_table(summary: pd.DataFrame, cost: dict[str, dict[str, Any]] | None = None,
-                   alpha: float = HEADLINE_ALPHA) -> pd.DataFrame:
-    """Methods as rows, PCK@α (pooled per point) img and bbox per dataset as columns — the paper's layout."""
-    sel = summary[(summary["metric"] == "pck") & (summary["average"] == "point")
+                   alpha: float = HEADLINE_ALPHA, average: str = "point", intervals: bool = False) -> pd.DataFrame:
+    """Methods as rows, PCK@α img and bbox per dataset as columns — the paper's layout.
+
+    ``average`` is ``point`` (pooled over keypoints, the DHF table), ``image`` or ``category``;
+    ``intervals`` adds a ``95% CI`` column after each number (from summary.csv's ci_low/ci_high).
+    """
+    sel = summary[(summary["metric"] == "pck") & (summary["average"] == average)
                   & (summary["alpha"].astype(float).sub(alpha).abs() < 1e-9)]
     if sel.empty:
         return pd.DataFrame()
@@ -58,6 +74,13 @@ def headline_table(summary: pd.DataFrame, cost: dict[str, dict[str, Any]] | None
     table = sel.pivot_table(index="method", columns="column", values="value", aggfunc="first").reindex(order)
     cols = sorted(table.columns, key=lambda c: (c.split(" ")[0], 0 if c.endswith("img") else 1))
     table = table[cols]
+    if intervals and set(INTERVAL_COLUMNS) <= set(sel.columns):
+        for col in reversed(cols):
+            rows = sel[sel["column"] == col].set_index("method").reindex(order)
+            text = [f"[{lo:.2f}, {hi:.2f}]" if pd.notna(lo) and pd.notna(hi) else "–"
+                    for lo, hi in zip(rows["ci_low"], rows["ci_high"])]
+            # "img 95% CI" beside "synthetic PCK@0.1 img": one dataset per run table, so the norm names it
+            table.insert(table.columns.get_loc(col) + 1, f"{col.rsplit(' ', 1)[-1]} 95% CI", text)
     if cost:
         table["s/image"] = [cost.get(m, {}).get("extract_s_per_image") for m in table.index]
     table.index.name = "method"
@@ -149,7 +172,7 @@ def method_entry(descriptor, *, plugin: str, plugin_version: str, config_hash: s
         "config": descriptor.config,
         "config_hash": config_hash,
         "weights": weights,
-        "preprocess": descriptor.preprocessing().as_dict(),
+        "preprocess": descriptor.input_preprocessing().as_dict(),
         "readout": readout.name,
         "readout_config": readout.config,
         "readout_version": readout.version,
@@ -166,7 +189,7 @@ def method_entry(descriptor, *, plugin: str, plugin_version: str, config_hash: s
 
 
 def assemble_results(dataset: dict[str, Any], methods: dict[str, Any], *, alphas, compare: str, device: str,
-                     processes: int, seconds: float) -> dict[str, Any]:
+                     processes: int, seconds: float, protocol: dict[str, Any] | None = None) -> dict[str, Any]:
     """The whole results.json (lm-eval style: it describes itself without the command line)."""
     import datetime as _dt
     import sys
@@ -180,11 +203,13 @@ def assemble_results(dataset: dict[str, Any], methods: dict[str, Any], *, alphas
         "command": sys.argv,
         "env": {**environment(device), "processes": processes},
         "dataset": dataset,
-        "protocol": {"alphas": list(alphas), "compare": compare, "frame": "original target image",
+        "protocol": {**(protocol or {"name": "dhf"}), "alphas": list(alphas), "compare": compare,
+                     "frame": "original target image",
                      "also_logged": "pck@0.10_img_loadframe: distances and L = max(load H, W) in the target load "
                                     "frame, as the DHF notebooks score (docs/protocol.md#p11-load-frame-scoring)",
                      "norms": {"bbox": "max side of the target box", "img": "max(W, H) of the target image"},
-                     "averages": {"point": "pooled over keypoints", "image": "mean of per-pair accuracy"}},
+                     "averages": {"point": "pooled over keypoints", "image": "mean of per-pair accuracy",
+                                  "category": "mean over categories of pooled per-category PCK"}},
         "higher_is_better": {"pck": True},
         "methods": methods,
         "total_seconds": seconds,

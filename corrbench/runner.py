@@ -31,12 +31,13 @@ from .distributed import DistContext, init_from_env
 from .errors import CorrbenchError, DataError, UsageError
 from .fsmode import check_writable_dir
 from .images import ImageRecord, inspect_image, load_rgb, to_batch, to_load, to_original
-from .metrics import ALPHAS, check_alphas, score_method
+from .metrics import check_alphas, score_method
 from .sampling import stratified_sample
 from .plugins import get_host
 from .identity import method_identity, plugin_code_identity
 from .readouts import Readout, ReadoutInput, make_readout
-from .results import assemble_results, headline_table, method_entry, write_run_folder
+from .results import assemble_results, headline_table, method_entry, with_intervals, write_run_folder
+from .stats import method_statistics
 
 
 @dataclass
@@ -66,8 +67,12 @@ class _FeatureStore:
     """Feature maps of one method: extracted in batches into the cache, read back through a small LRU."""
 
     def __init__(self, descriptor: Descriptor, cache: FeatureCache, device: str, lru: int = 32,
-                 readout: Readout | None = None):
+                 readout: Readout | None = None, flip: bool = False, categories: dict[str, str] | None = None):
         self.descriptor = descriptor
+        #: average each image's features with those of its mirror image (flip test-time augmentation)
+        self.flip = flip
+        #: image sha256 → category, for methods whose features depend on it (``uses_category``)
+        self.categories = categories or {}
         self.readout = readout if readout is not None else make_readout(descriptor.default_readout)
         self.cache = cache
         # predictions also depend on the readout; they live under the method's cache folder, whose
@@ -82,50 +87,62 @@ class _FeatureStore:
         """Extract and cache the features of every image not cached yet; returns the cost."""
         return fill_together([self], images, batch_size, progress)[0]
 
+    def category(self, rec: ImageRecord) -> str | None:
+        return self.categories.get(rec.sha256) if self.descriptor.uses_category else None
+
+    def key(self, rec: ImageRecord) -> str:
+        """The image's cache key: its content hash, and its category when the features depend on it."""
+        category = self.category(rec)
+        if category is None:
+            return rec.sha256
+        return f"{rec.sha256}-{config_hash({'category': category})[:16]}"
+
     def put_batch(self, chunk: Sequence[ImageRecord], load_hw: tuple[int, int], feats: torch.Tensor) -> None:
         grid = self.descriptor.feature_grid(load_hw, tuple(feats.shape[-2:]))
         for rec, f in zip(chunk, feats):
-            self.cache.put_map(rec.sha256, f.to(getattr(torch, self.descriptor.cache_dtype)), grid, load_hw,
+            self.cache.put_map(self.key(rec), f.to(getattr(torch, self.descriptor.cache_dtype)), grid, load_hw,
                                str(rec.path))
 
     def _cached(self, rec: ImageRecord) -> bool:
-        return self.cache.has(rec.sha256)
+        return self.cache.has(self.key(rec))
 
     def get(self, rec: ImageRecord) -> tuple[torch.Tensor, FeatureGrid, tuple[int, int]]:
-        if rec.sha256 in self._lru:
-            self._lru.move_to_end(rec.sha256)
-            return self._lru[rec.sha256]
-        hit = self.cache.get_map(rec.sha256)
+        key = self.key(rec)
+        if key in self._lru:
+            self._lru.move_to_end(key)
+            return self._lru[key]
+        hit = self.cache.get_map(key)
         if hit is None:  # evicted or corrupt since fill(): recompute this one image
             self.fill([rec], 1, progress=False)
-            hit = self.cache.get_map(rec.sha256)
+            hit = self.cache.get_map(key)
             if hit is None:
                 raise DataError(f"features for {rec.path} could not be written to {self.cache.dir}")
         feats, grid, load_hw = hit
         entry = (feats.float().to(self.device), grid, load_hw)
-        self._lru[rec.sha256] = entry
+        self._lru[key] = entry
         if len(self._lru) > self._size:
             self._lru.popitem(last=False)
         return entry
 
     # Predictions are cached too (hloc's "work already done is skipped"): a warm rerun then only scores.
     def _prediction_path(self, src: ImageRecord, tgt: ImageRecord, points_load: torch.Tensor) -> Path:
-        return self.cache.prediction_path(self.readout_key, src.sha256, tgt.sha256, points_load)
+        return self.cache.prediction_path(self.readout_key, self.key(src), self.key(tgt), points_load)
 
     def cached_prediction(self, src: ImageRecord, tgt: ImageRecord, points_load: torch.Tensor) -> torch.Tensor | None:
-        return self.cache.get_prediction(self.readout_key, src.sha256, tgt.sha256, points_load)
+        return self.cache.get_prediction(self.readout_key, self.key(src), self.key(tgt), points_load)
 
     def keep_prediction(self, src: ImageRecord, tgt: ImageRecord, points_load: torch.Tensor, pred: torch.Tensor) -> None:
-        self.cache.put_prediction(self.readout_key, src.sha256, tgt.sha256, points_load, pred)
+        self.cache.put_prediction(self.readout_key, self.key(src), self.key(tgt), points_load, pred)
 
     def target_prepared(self, rec: ImageRecord) -> Any:
         """The readout's per-target work (the nn readout's per-pixel norms), done once per target image."""
-        if rec.sha256 not in self._norms:
+        key = self.key(rec)
+        if key not in self._norms:
             fmap, grid, load_hw = self.get(rec)
-            self._norms[rec.sha256] = self.readout.prepare_target(self.descriptor, fmap, grid, load_hw)
+            self._norms[key] = self.readout.prepare_target(self.descriptor, fmap, grid, load_hw)
             if len(self._norms) > 4 * self._size:
                 self._norms.popitem(last=False)
-        return self._norms[rec.sha256]
+        return self._norms[key]
 
 
 def fill_together(stores: Sequence[_FeatureStore], images: Sequence[ImageRecord], batch_size: int,
@@ -136,20 +153,28 @@ def fill_together(stores: Sequence[_FeatureStore], images: Sequence[ImageRecord]
     computed once for all, and the pass's time is reported for each, marked as shared.
     """
     descriptors = [s.descriptor for s in stores]
-    prep = descriptors[0].preprocessing()
+    prep = descriptors[0].input_preprocessing()
     missing = [rec for rec in images if any(not s._cached(rec) for s in stores)]
     t0 = time.perf_counter()
-    # images of one load size form a batch (the size differs per image only for aspect-keeping policies)
-    by_shape: dict[tuple[int, int], list[ImageRecord]] = {}
+    # images of one load size (and, for methods prompted with it, one category) form a batch
+    by_shape: dict[tuple[Any, ...], list[ImageRecord]] = {}
     for rec in missing:
-        by_shape.setdefault(prep.load_hw(rec.size), []).append(rec)
+        by_shape.setdefault((prep.load_hw(rec.size), stores[0].category(rec) or ""), []).append(rec)
     label = "+".join(d.name for d in descriptors)
     bar = tqdm(total=len(missing), desc=f"{label}: extract", unit="img", disable=not progress or None, leave=False)
-    for load_hw, recs in by_shape.items():
+    for (load_hw, _), recs in by_shape.items():
         for i in range(0, len(recs), batch_size):
             chunk = recs[i:i + batch_size]
             batch = to_batch([load_rgb(r.path) for r in chunk], prep).to(stores[0].device)
-            outs = [descriptors[0].describe(batch)] if len(stores) == 1 else describe_together(descriptors, batch)
+            if stores[0].flip:
+                from .tta import describe_flip_averaged
+
+                outs = describe_flip_averaged(descriptors, batch,
+                                              categories=[stores[0].category(r) for r in chunk])
+            elif len(stores) == 1:
+                outs = [descriptors[0].describe(batch, categories=[stores[0].category(r) for r in chunk])]
+            else:
+                outs = describe_together(descriptors, batch)
             for store, feats in zip(stores, outs):
                 store.put_batch(chunk, load_hw, feats)
             bar.update(len(chunk))
@@ -167,8 +192,8 @@ def shared_groups(descriptors: dict[str, Descriptor]) -> list[list[str]]:
     groups: dict[Any, list[str]] = {}
     for name, descriptor in descriptors.items():
         shared = descriptor.shared_pass()
-        if shared is not None:
-            key = (shared, json.dumps(descriptor.preprocessing().as_dict(), sort_keys=True, default=str))
+        if shared is not None and not descriptor.uses_category:
+            key = (shared, json.dumps(descriptor.input_preprocessing().as_dict(), sort_keys=True, default=str))
             groups.setdefault(key, []).append(name)
     return [names for names in groups.values() if len(names) > 1]
 
@@ -237,34 +262,50 @@ def _margin_list(margins: torch.Tensor | None, column: int) -> list[float | None
     return [float(v) if np.isfinite(v) else None for v in margins[:, column].tolist()]
 
 
+def _mirror_index(ids: Sequence[str] | None, partners: dict[str, str]) -> list[int] | None:
+    """For each keypoint row, the row of its left/right partner in the same pair (-1: none)."""
+    if not ids or not partners:
+        return None
+    row_of = {str(k): i for i, k in enumerate(ids)}
+    return [row_of.get(partners.get(str(k), ""), -1) for k in ids]
+
+
 def evaluate_method(store: _FeatureStore, pairs: Sequence[Pair], records: dict[Path, ImageRecord],
-                    flags: Sequence[str], progress: bool) -> tuple[pd.DataFrame, list[dict[str, Any]], float]:
+                    flags: Sequence[str], progress: bool,
+                    mirror: Callable[[str], dict[str, str]] | None = None) -> tuple[pd.DataFrame, list[dict[str, Any]], float]:
     descriptor = store.descriptor
     rows: list[dict[str, Any]] = []
     preds: list[dict[str, Any]] = []
-    prep = descriptor.preprocessing()
+    prep = descriptor.input_preprocessing()
     t0 = time.perf_counter()
     # group by source image so the LRU keeps hitting
     for pair in tqdm(sorted(pairs, key=lambda p: (str(p.source), str(p.target))), desc=f"{descriptor.name}: match",
                      unit="pair", disable=not progress or None, leave=False):
         src_rec, tgt_rec = records[pair.source], records[pair.target]
         s_hw, t_hw = prep.load_hw(src_rec.size), prep.load_hw(tgt_rec.size)
-        src_load = torch.from_numpy(to_load(pair.source_points, src_rec.size, s_hw))
+        src_load = torch.from_numpy(to_load(pair.source_points, src_rec.size, s_hw, prep))
         pred_load = store.cached_prediction(src_rec, tgt_rec, src_load)
         margins = None  # per-keypoint [local, far] similarity margins (when the readout reports them; not cached)
+        rejected = None  # keypoints the readout declined to match (mutual-nn); scored as misses
+        if pred_load is not None and getattr(store.readout, "may_reject", False):
+            pred_load = None  # rejections are not cached with the points: recompute
         if pred_load is None:
             s_map, s_grid, s_hw = store.get(src_rec)
             t_map, t_grid, t_hw = store.get(tgt_rec)
             out = store.readout.transfer(ReadoutInput(descriptor, s_map, t_map, s_grid, t_grid, s_hw, t_hw, src_load,
                                                       store.target_prepared(tgt_rec)))
             pred_load, margins = out.points, out.margins
+            rejected = None if out.rejected is None else out.rejected.cpu().numpy().astype(bool)
             store.keep_prediction(src_rec, tgt_rec, src_load, pred_load)
-        pred = to_original(pred_load.cpu().numpy(), tgt_rec.size, t_hw)
+        pred = to_original(pred_load.cpu().numpy(), tgt_rec.size, t_hw, prep)
         dist = np.linalg.norm(pred - pair.target_points, axis=1)
         # the DHF notebooks score in the load frame instead (pitfall P11): logged, not the headline
-        dist_load = np.linalg.norm(pred_load.cpu().numpy() - to_load(pair.target_points, tgt_rec.size, t_hw), axis=1)
+        dist_load = np.linalg.norm(pred_load.cpu().numpy() - to_load(pair.target_points, tgt_rec.size, t_hw, prep),
+                                   axis=1)
+        scored = dist if rejected is None else np.where(rejected, np.inf, dist)
         l_bbox, l_img = _reference_lengths(pair, tgt_rec.size)
-        for k, d in enumerate(dist):
+        ids = pair.metadata.get("keypoint_ids")
+        for k, d in enumerate(scored):
             row = {"pair_id": pair.id, "category": pair.category or "-", "dist": float(d),
                    "L_bbox": l_bbox, "L_img": l_img, "dist_load": float(dist_load[k]), "L_load": float(max(t_hw))}
             for flag in flags:
@@ -280,6 +321,13 @@ def evaluate_method(store: _FeatureStore, pairs: Sequence[Pair], records: dict[P
                       "load_distances": dist_load.tolist(), "L_load": float(max(t_hw)),
                       "pixel_step": float(np.hypot(tgt_rec.size[0] / t_hw[1], tgt_rec.size[1] / t_hw[0])),
                       "margins": _margin_list(margins, 1), "local_margins": _margin_list(margins, 0)})
+        if ids is not None:
+            preds[-1]["keypoint_ids"] = [str(k) for k in ids]
+            index = _mirror_index(preds[-1]["keypoint_ids"], mirror(pair.category) if mirror else {})
+            if index is not None:
+                preds[-1]["mirror_index"] = index
+        if rejected is not None:
+            preds[-1]["rejected"] = rejected.tolist()
     seconds = time.perf_counter() - t0
     return pd.DataFrame(rows), preds, seconds
 
@@ -349,11 +397,46 @@ class RunOptions:
     cache_dir: str | os.PathLike | None = None
     no_cache: bool = False
     skip_invalid: bool = False
-    compare: str = "le"
-    alphas: Sequence[float] = ALPHAS
-    readout: str | None = None
+    compare: str | None = None  # None: the protocol's (dhf: "le")
+    alphas: Sequence[float] | str | None = None  # None: the protocol's (dhf: 0.01, 0.05, 0.10, 0.15)
+    readout: str | None = None  # None: the protocol's, else each method's default
+    protocol: str | None = None  # a registered preset (corrbench.protocols); None: "dhf"
+    flip: bool | None = None  # flip test-time augmentation; None: the protocol's
+    resamples: int = 1000  # bootstrap resamples behind the 95 % intervals
     progress: bool = True
     echo: Callable[[str], None] | None = None
+
+
+def resolve_protocol(opts: RunOptions) -> tuple[Any, RunOptions, list[str]]:
+    """The preset a run follows, the options with its knobs filled in, and which knobs the user changed.
+
+    Anything given explicitly (``--alpha``, ``--compare``, ``--readout``, ``--flip``) wins over the preset
+    and is listed as an override, so results.json says exactly how the run departs from the preset.
+    """
+    from dataclasses import replace
+
+    from .protocols import DEFAULT, get_protocol
+
+    preset = get_protocol(opts.protocol or DEFAULT)
+    overrides = []
+    alphas = check_alphas(preset.alphas)
+    if opts.alphas is not None:
+        given = check_alphas(opts.alphas)
+        if given != alphas:
+            overrides.append("alphas")
+        alphas = given
+    compare = preset.compare if opts.compare is None else opts.compare
+    if compare not in ("le", "lt"):
+        raise UsageError(f"--compare {compare!r}: use le or lt")
+    if compare != preset.compare:
+        overrides.append("compare")
+    readout = preset.readout if opts.readout is None else opts.readout
+    if readout != preset.readout:
+        overrides.append("readout")
+    flip = preset.flip if opts.flip is None else bool(opts.flip)
+    if flip != preset.flip:
+        overrides.append("flip")
+    return preset, replace(opts, alphas=alphas, compare=compare, readout=readout, flip=flip), overrides
 
 
 def run_benchmark(methods: "str | Sequence[str | Descriptor]", dataset: str, options: RunOptions | None = None,
@@ -372,13 +455,15 @@ def run_benchmark(methods: "str | Sequence[str | Descriptor]", dataset: str, opt
     if unknown:
         raise TypeError(f"run_benchmark() got unexpected option(s) {', '.join(sorted(unknown))}")
     opts = replace(options or RunOptions(), **kwargs)
+    preset, opts, protocol_overrides = resolve_protocol(opts)
     overrides, limit, sample = opts.overrides, opts.limit, opts.sample
     batch_size, out_dir, cache_dir, no_cache, readout = (opts.batch_size, opts.out_dir, opts.cache_dir,
                                                          opts.no_cache, opts.readout)
     started = time.perf_counter()
     device = resolve_device(opts.device)
-    alphas = check_alphas(opts.alphas)
-    alphas = check_alphas(alphas)
+    alphas = opts.alphas
+    if opts.resamples < 100:
+        raise UsageError(f"--resamples must be at least 100 for a 95 % interval, got {opts.resamples}")
     if sample is not None and sample < 1:
         raise UsageError(f"--sample must be at least 1, got {sample}")
     host = get_host()
@@ -397,6 +482,8 @@ def run_benchmark(methods: "str | Sequence[str | Descriptor]", dataset: str, opt
     aliases = host.methods.aliases()
     parsed = parse_overrides(overrides)
     readout_cfg = {k.partition(".")[2]: v for k, v in parsed.items() if k.startswith("readout.")}
+    if readout is not None and readout == preset.readout:  # the preset's readout settings, unless --set changes them
+        readout_cfg = {**preset.readout_config, **readout_cfg}
     parsed = {k: v for k, v in parsed.items() if not k.startswith("readout.")}
     check_readout_settings(host, readout, readout_cfg)
     method_cfgs, ds_cfg = resolve_overrides(parsed, method_classes,
@@ -418,7 +505,7 @@ def run_benchmark(methods: "str | Sequence[str | Descriptor]", dataset: str, opt
     ctx, device = init_from_env(device)
     try:
         return _run(ctx, host, method_classes, method_cfgs, prebuilt, ds_entry, ds_cls, ds_cfg, readout_cfg,
-                    replace(opts, device=device, alphas=alphas), started)
+                    replace(opts, device=device, alphas=alphas), started, preset, protocol_overrides)
     finally:
         ctx.close()
 
@@ -439,7 +526,7 @@ def _fill(ctx: DistContext, stores: list[_FeatureStore], used: Sequence[ImageRec
 
 def _run(ctx: DistContext, host, method_classes: dict[str, type], method_cfgs: dict[str, dict[str, Any]],
          prebuilt: dict[str, Descriptor], ds_entry, ds_cls, ds_cfg: dict[str, Any], readout_cfg: dict[str, Any],
-         opts: RunOptions, started: float) -> RunResult:
+         opts: RunOptions, started: float, preset, protocol_overrides: list[str]) -> RunResult:
     split, data_root, limit, device, batch_size = opts.split, opts.data_root, opts.limit, opts.device, opts.batch_size
     out_dir, cache_dir, no_cache, skip_invalid = opts.out_dir, opts.cache_dir, opts.no_cache, opts.skip_invalid
     compare, alphas, progress, echo = opts.compare, opts.alphas, opts.progress, opts.echo
@@ -455,10 +542,22 @@ def _run(ctx: DistContext, host, method_classes: dict[str, type], method_cfgs: d
     if not all_pairs:
         raise DataError(f"dataset {ds.name!r} split {ds.split!r} at {ds.root} has no usable pairs")
     n_listed = len(all_pairs)
-    if sample is not None and sample < n_listed:
+    per_category = None
+    if preset.pairs_per_category is not None:
+        from .sampling import per_category_sample
+
+        before = len(all_pairs)
+        all_pairs = per_category_sample(all_pairs, preset.pairs_per_category, preset.sample_seed)
+        per_category = {"per_category": preset.pairs_per_category, "n": len(all_pairs), "of": before,
+                        "seed": preset.sample_seed, "replacement": False}
+        if echo and len(all_pairs) < before:
+            echo(f"protocol {preset.name}: evaluating {preset.pairs_per_category} pairs per category "
+                 f"({len(all_pairs)} of {before}, seed {preset.sample_seed}, without replacement)")
+    if sample is not None and sample < len(all_pairs):
+        before = len(all_pairs)
         all_pairs = stratified_sample(all_pairs, sample, seed)
         if echo:
-            echo(f"evaluating a sample of {len(all_pairs)} of {n_listed} pairs (stratified by category, seed {seed})")
+            echo(f"evaluating a sample of {len(all_pairs)} of {before} pairs (stratified by category, seed {seed})")
     pairs, records = collect_images(all_pairs, ds, progress, ctx)
     if not pairs:
         raise DataError(f"dataset {ds.name!r}: every pair was skipped as invalid ({len(ds.skipped)} problems)")
@@ -472,8 +571,13 @@ def _run(ctx: DistContext, host, method_classes: dict[str, type], method_cfgs: d
                                               for name, cls in method_classes.items()}
         descriptors.update(prebuilt or {})
         stores = {}
+        image_categories = {records[x].sha256: (pair.category or "") for pair in pairs
+                            for x in (pair.source, pair.target)}
         for name, d in descriptors.items():
+            d.preprocess_changes = dict(preset.preprocess_changes)
             identity = method_identity(d)
+            if opts.flip:  # mirrored-and-averaged features are other features: their own cache folder
+                identity = {**identity, "tta": "flip-average"}
             root = cache_root
             if identity["weights"] is None:
                 # nothing says which weights made these features: never serve them to a later run
@@ -484,7 +588,8 @@ def _run(ctx: DistContext, host, method_classes: dict[str, type], method_cfgs: d
                               "weight_free or weights_identity()); its features are recomputed, not cached",
                               stacklevel=2)
             stores[name] = _FeatureStore(d, FeatureCache(root, name, identity), device,
-                                         readout=readout_for(d, readout, readout_cfg or {}))
+                                         readout=readout_for(d, readout, readout_cfg or {}), flip=bool(opts.flip),
+                                         categories=image_categories)
         used = sorted({records[x] for pair in pairs for x in (pair.source, pair.target)}, key=lambda r: r.sha256)
         # methods sharing a pass (one SD inversion for every SD-1.5 row) are extracted together first
         costs: dict[str, dict[str, Any]] = {}
@@ -497,7 +602,7 @@ def _run(ctx: DistContext, host, method_classes: dict[str, type], method_cfgs: d
             evaluated, error = None, None
             if ctx.is_main:  # the readout runs once; the other ranks wait to hear whether it worked
                 try:
-                    evaluated = evaluate_method(store, pairs, records, flags, progress)
+                    evaluated = evaluate_method(store, pairs, records, flags, progress, ds.mirror_partners)
                 except Exception as exc:
                     error = exc
             ctx.agree(error)
@@ -522,10 +627,13 @@ def _run(ctx: DistContext, host, method_classes: dict[str, type], method_cfgs: d
 
     summary_rows, breakdown_rows = [], []
     results_methods: dict[str, Any] = {}
+    headline_norm = preset.headline_norm
     for mr in method_results:
         scored = score_method(mr.keypoints, alphas, compare, flags, labels={"method": mr.name, "dataset": ds.name,
                                                                               "split": ds.split})
-        summary_rows.append(scored.summary)
+        statistics = method_statistics(mr.predictions, alphas, compare, resamples=opts.resamples, seed=0,
+                                       headline_norm=headline_norm)
+        summary_rows.append(with_intervals(scored.summary, statistics))
         breakdown_rows.append(scored.breakdown)
         store = stores[mr.name]
         results_methods[mr.name] = method_entry(
@@ -534,17 +642,25 @@ def _run(ctx: DistContext, host, method_classes: dict[str, type], method_cfgs: d
             readout=store.readout, metrics=scored.metrics, per_category=scored.per_category, n_pairs=len(pairs),
             n_keypoints=int(len(mr.keypoints)), cost=mr.cost,
             cache=None if no_cache or mr.weights is None else mr.cache_dir, cache_key=store.cache.identity)
+        results_methods[mr.name]["statistics"] = statistics
+        results_methods[mr.name]["uses_category"] = bool(mr.descriptor.uses_category)
+        results_methods[mr.name]["flip"] = bool(opts.flip)
     summary = pd.concat(summary_rows, ignore_index=True)
     breakdown = pd.concat(breakdown_rows, ignore_index=True)
-    table = headline_table(summary, {m: r["cost"] for m, r in results_methods.items()})
+    table = headline_table(summary, {m: r["cost"] for m, r in results_methods.items()},
+                           average=preset.headline_average, intervals=True)
     dataset_entry = {"name": ds.name, "version": ds.version, "split": ds.split, "root": str(ds.root),
                      "config": ds.config, "protocol": ds.protocol(), "plugin": ds_entry.plugin,
                      "n_pairs": len(pairs), "n_pairs_listed": n_listed, "limit": limit,
-                     "sample": None if sample is None or sample >= n_listed else
+                     "sample": None if sample is None or len(all_pairs) >= n_listed else
                      {"n": len(all_pairs), "of": n_listed, "seed": seed, "stratified_by": "category"},
+                     "per_category_sample": per_category,
                      "n_images": len(records), "skipped": list(ds.skipped)}
+    protocol = {"name": preset.name, "preset": preset.as_dict(), "overrides": protocol_overrides,
+                 "headline": {"metric": f"pck@0.10_{headline_norm}", "average": preset.headline_average},
+                 "flip": bool(opts.flip), "readout": readout}
     results = assemble_results(dataset_entry, results_methods, alphas=alphas, compare=compare, device=device,
-                               processes=ctx.world_size, seconds=time.perf_counter() - started)
+                               processes=ctx.world_size, seconds=time.perf_counter() - started, protocol=protocol)
     predictions = [p for mr in method_results for p in mr.predictions]
     out = Path(out_dir) if out_dir else None
     if out is not None:

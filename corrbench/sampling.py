@@ -48,3 +48,24 @@ def stratified_sample(pairs: Sequence[P], n: int, seed: int = 0, key=lambda p: g
         idx = groups[c]
         chosen.extend(idx[j] for j in rng.permutation(len(idx))[:quota[c]])
     return [pairs[i] for i in sorted(chosen)]
+
+
+def per_category_sample(pairs: Sequence[P], k: int, seed: int = 0,
+                        key=lambda p: getattr(p, "category", "")) -> list[P]:
+    """``k`` pairs of every category (all of a category's pairs when it has fewer), seeded, no repeats.
+
+    The subset of protocol presets such as ``geoaware`` (20 pairs per category). sd-dino and GeoAware-SC
+    draw with replacement, so a pair can count twice there; here each category's pairs are permuted by
+    numpy's PCG64 (``seed``, categories in sorted order) and the first ``k`` kept, in the split's order.
+    """
+    if k < 1:
+        raise UsageError(f"pairs per category must be at least 1, got {k}")
+    groups: dict[str, list[int]] = {}
+    for i, p in enumerate(pairs):
+        groups.setdefault(str(key(p) or "-"), []).append(i)
+    rng = np.random.Generator(np.random.PCG64(seed))
+    chosen: list[int] = []
+    for c in sorted(groups):
+        idx = groups[c]
+        chosen.extend(idx[j] for j in rng.permutation(len(idx))[:k])
+    return [pairs[i] for i in sorted(chosen)]

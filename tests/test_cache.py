@@ -63,3 +63,16 @@ def test_warm_rerun_reuses_predictions_and_recovers_from_a_bad_one(tmp_path, syn
     monkeypatch.undo()
     third = runner.run_benchmark("colour-patch", "synthetic", limit=5, cache_dir=tmp_path, progress=False)
     assert first.summary.equals(third.summary)
+
+
+def test_family_method_names_make_one_safe_folder(tmp_path):
+    """``hf:/models/dinov2`` or ``timm:vit_small`` are method names, not paths."""
+    from corrbench.cache import FeatureCache
+
+    for name in ("hf:/models/dinov2-small", "timm:vit_small_patch14_dinov2", "../escape"):
+        cache = FeatureCache(tmp_path, name, {"method": name})
+        assert cache.dir.parent == tmp_path
+        assert ":" not in cache.dir.name and "/" not in cache.dir.name and not cache.dir.name.startswith(".")
+    a = FeatureCache(tmp_path, "hf:/a/b", {"method": "hf:/a/b"})
+    b = FeatureCache(tmp_path, "hf:/a_b", {"method": "hf:/a_b"})
+    assert a.dir != b.dir  # same safe name, different identity

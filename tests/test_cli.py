@@ -32,8 +32,9 @@ def test_default_run_prints_the_table_and_writes_files(default_run):
     for name in ("results.json", "summary.csv", "summary.md", "breakdown.csv", "predictions.jsonl"):
         assert (out / name).is_file(), name
     summary = pd.read_csv(out / "summary.csv")
-    assert list(summary.columns) == ["method", "dataset", "split", "metric", "norm", "average", "alpha", "value", "n"]
-    assert set(summary.norm) == {"bbox", "img"} and set(summary.average) == {"point", "image"}
+    assert list(summary.columns) == ["method", "dataset", "split", "metric", "norm", "average", "alpha", "value", "n",
+                                     "ci_low", "ci_high"]
+    assert set(summary.norm) == {"bbox", "img"} and set(summary.average) == {"point", "image", "category"}
     results = json.loads((out / "results.json").read_text())
     assert results["dataset"]["n_pairs"] == 12
     m = results["methods"]["dsift"]

@@ -231,7 +231,7 @@ def test_info_describes_a_method_and_a_dataset_and_refuses_unknown_names(tmp_pat
     proc, _ = _cli(tmp_path, "info", "synthetic")
     assert proc.returncode == 0 and "splits: trn, val, test" in proc.stdout and "seed" in proc.stdout
     proc, _ = _cli(tmp_path, "info", "nope")
-    assert proc.returncode == 2 and "unknown method, dataset or readout 'nope'; known: " in proc.stderr
+    assert proc.returncode == 2 and "unknown method, dataset, readout or protocol 'nope'; known: " in proc.stderr
     assert "dsift" in proc.stderr and "Traceback" not in proc.stderr
 
 

@@ -188,6 +188,8 @@ class Plan:
             lines.append(f"     config: {json.dumps(rp.config, default=str, sort_keys=True)}")
             if rp.overridden:
                 lines.append(f"     overridden: {json.dumps(rp.overridden, default=str, sort_keys=True)}")
+            if r.protocol:
+                lines.append(f"     protocol: {r.protocol}")
             if r.note:
                 lines.append(f"     paper recipe: {r.note}")
         lines.append("")
@@ -224,7 +226,8 @@ class Plan:
             "datasets": [{"name": dp.spec.name, "split": dp.split, "root": str(dp.root) if dp.root else None,
                           "config": dp.config, "pairs": dp.pairs, "images": dp.images, "problem": dp.problem or None}
                          for dp in self.datasets],
-            "rows": [{"label": rp.row.label, "method": rp.row.method, "available": rp.available,
+            "rows": [{"label": rp.row.label, "method": rp.row.method, "protocol": rp.row.protocol,
+                      "available": rp.available,
                       "problem": rp.problem or None, "config": rp.config, "overridden": rp.overridden,
                       "estimate_seconds": rp.seconds} for rp in self.rows],
             "requirements": [{"kind": r.kind, "what": r.what, "where": r.where, "status": r.status, "fix": r.fix,

@@ -26,6 +26,28 @@ def _first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0] if text else ''}"[:400]
 
 
+def _protocol_option(protocol: str | None) -> dict[str, Any]:
+    """``protocol=...`` for run_benchmark when the row names one and this corrbench's RunOptions has the field."""
+    from dataclasses import fields
+
+    from ..runner import RunOptions
+
+    if protocol is None or "protocol" not in {f.name for f in fields(RunOptions)}:
+        return {}
+    return {"protocol": protocol}
+
+
+def _protocol_groups(plan: Plan, failures: dict[str, str]):
+    """(dataset plan, protocol, {method: class}, several protocols?) for each dataset and row protocol."""
+    for dp in plan.datasets:
+        groups: dict[str | None, dict[str, Any]] = {}
+        for rp in plan.rows:
+            if rp.available and rp.row.method not in failures:
+                groups.setdefault(rp.row.protocol, {})[rp.row.method] = rp.cls
+        for protocol, methods in groups.items():
+            yield dp, protocol, methods, len(groups) > 1
+
+
 def run_table(plan: Plan, *, data_roots: Any = None, batch_size: int = 8, out_dir: str | os.PathLike | None = None,
               tolerance: float = DEFAULT_TOLERANCE, progress: bool = True,
               echo: Callable[[str], None] | None = None) -> Outcome:
@@ -56,12 +78,12 @@ def _run_table(plan: Plan, roots: dict[str, Any], batch_size: int, out_dir: str 
     ours: dict[tuple[str, str, str], float] = {}
     dataset_failures: dict[tuple[str, str], str] = {}
     run_dirs: dict[str, str] = {}
-    for dp in plan.datasets:
-        methods = {rp.row.method: rp.cls for rp in plan.rows if rp.available and rp.row.method not in failures}
-        if not methods:
-            continue
+    for dp, protocol, methods, several in _protocol_groups(plan, failures):
         kwargs = dict(dataset=dp.spec.name, split=dp.split, data_root=roots.get(dp.spec.name), limit=plan.limit,
-                      device=plan.device, batch_size=batch_size, cache_dir=plan.cache_dir, progress=progress)
+                      device=plan.device, batch_size=batch_size, cache_dir=plan.cache_dir, progress=progress,
+                      **_protocol_option(protocol))
+        # rows under different protocols run (and are written) separately
+        where = f"{dp.spec.name}/{protocol or 'default'}" if several else dp.spec.name
 
         def overrides_for(names: Iterable[str]) -> dict[str, Any]:
             """The plan's resolved configs as method-qualified keys, plus the dataset's config."""
@@ -70,12 +92,12 @@ def _run_table(plan: Plan, roots: dict[str, Any], batch_size: int, out_dir: str 
             return over
 
         if echo:
-            echo(f"{dp.spec.name}: running {', '.join(methods)}")
+            echo(f"{where}: running {', '.join(methods)}")
         good = list(methods)
         result = None
         try:
             result = run_benchmark(good, overrides=overrides_for(good),
-                                   out_dir=out / dp.spec.name if out else None, **kwargs)
+                                   out_dir=out / where if out else None, **kwargs)
         except Exception as first:  # isolate the failing row(s): run each alone (features come from the cache)
             if echo:
                 echo(f"{dp.spec.name}: a row failed ({_first_line(first)}); running rows one by one")
@@ -92,11 +114,11 @@ def _run_table(plan: Plan, roots: dict[str, Any], batch_size: int, out_dir: str 
                             echo(traceback.format_exc())
             if good:
                 result = run_benchmark(good, overrides=overrides_for(good),
-                                       out_dir=out / dp.spec.name if out else None, **kwargs)
+                                       out_dir=out / where if out else None, **kwargs)
         if result is None or not result.results:  # nothing ran, or a non-zero rank (rank 0 scores)
             continue
         if result.out_dir is not None:
-            run_dirs[dp.spec.name] = str(result.out_dir)
+            run_dirs[where] = str(result.out_dir)
         dp.pairs, dp.images, dp.counted = result.results["dataset"]["n_pairs"], result.results["dataset"]["n_images"], True
         for method, entry in result.results["methods"].items():
             for norm in plan.table.norms:

@@ -48,6 +48,8 @@ class Row:
     trained: str
     paper: Mapping[str, Mapping[str, float]]  # dataset → norm → PCK@alpha (%)
     note: str = ""  # the recipe used to reproduce the row
+    #: evaluation protocol preset the row is run under (``RunOptions.protocol``, e.g. ``dift``); None: the default
+    protocol: str | None = None
 
 
 @dataclass(frozen=True)

@@ -163,14 +163,17 @@ class SPairDataset(Dataset):
     """SPair-71k from its native layout; also the DHF 360-pair subsets (``dhf-test-360``, ``dhf-val-360``)."""
 
     name = "spair"
-    description = "SPair-71k (18 categories, 70,958 pairs); splits trn, val, test and the DHF 360-pair subsets"
+    description = ("SPair-71k (18 categories, 70,958 pairs); splits trn, val, test, the DHF 360-pair subsets "
+                   "and spair-u (SPair-U's unseen keypoints)")
     version = "1"
-    splits = ("trn", "val", "test", "dhf-test-360", "dhf-val-360")
+    splits = ("trn", "val", "test", "dhf-test-360", "dhf-val-360", "spair-u")
     default_split = "test"
     default_config = {
         "categories": Option(None, list, "only these categories, e.g. cat,dog; null = all", item=str),
         "layout": Option("large", str, "which SPair layout lists the pairs", choices=("large", "small")),
         "pairs": Option(None, "path", "a DHF pair-list file for the dhf-* splits, instead of the looked-up one"),
+        "spair_u": Option(None, "path", "folder holding the SPair-U annotations (split spair-u); null = look "
+                          "in the SPair folder, SPair-71k/SPair-U and a sibling SPair-U"),
     }
     root_dirname = "SPair-71k"
     difficulty_flags = ("viewpoint_variation", "scale_variation", "truncation", "occlusion")
@@ -191,13 +194,19 @@ class SPairDataset(Dataset):
             raise UsageError(f"spair.layout must be 'large' or 'small', got {self.layout!r}")
         pairs = self.config.get("pairs")
         self.pairs_file: Path | None = Path(pairs).expanduser() if pairs else None
+        spair_u = self.config.get("spair_u")
+        self.spair_u_dir: Path | None = Path(spair_u).expanduser() if spair_u else None
         self._resolved_list: Path | None = None
         self._joined = 0
 
     # -- data --------------------------------------------------------------------------------
     def prepare(self) -> None:
         super().prepare()
-        if self.split in _dhf_lists():
+        if self.split == "spair-u":
+            from .spair_u import find_pair_folder
+
+            self._resolved_list = find_pair_folder(self.root, self.spair_u_dir)
+        elif self.split in _dhf_lists():
             from .dhf_lists import resolve_dhf_list
 
             self._resolved_list = resolve_dhf_list(self.split, self.root, local=self.pairs_file)
@@ -207,6 +216,12 @@ class SPairDataset(Dataset):
             self._resolved_list = self.pairs_file
 
     def iter_pairs(self) -> Iterator[Pair]:
+        if self.split == "spair-u":  # SPair-U: a folder of pair files, no layout list (spair_u.py)
+            from .spair_u import find_pair_folder, iter_spair_u_pairs
+
+            folder = self._resolved_list or find_pair_folder(self.root, self.spair_u_dir)
+            yield from iter_spair_u_pairs(self.root, folder, categories=self.categories, invalid=self.invalid)
+            return
         if self._resolved_list is None and (self.split in _dhf_lists() or self.pairs_file is not None):
             self.prepare()
         if self._resolved_list is None:
@@ -280,6 +295,14 @@ class SPairDataset(Dataset):
                 out.append(Requirement("data", what, list_url(self.split), MISSING if offline() else DOWNLOAD,
                                        "fetched and checksummed on first use; offline, fetch it elsewhere and "
                                        "pass --set spair.pairs=FILE"))
+        elif self.split == "spair-u":
+            from .spair_u import find_pair_folder
+
+            try:
+                find_pair_folder(self.root, self.spair_u_dir)
+            except DataError as exc:
+                out.append(Requirement("data", "SPair-U annotations", str(self.spair_u_dir or self.root), MISSING,
+                                       str(exc)))
         else:
             layout = self.root / "Layout" / self.layout / f"{self.split}.txt"
             if not layout.is_file():
@@ -310,6 +333,9 @@ class SPairDataset(Dataset):
         if self.categories:
             out["categories"] = list(self.categories)
         lists = _dhf_lists()
+        if self.split == "spair-u":
+            out.update(pair_folder=str(self._resolved_list), annotations="SPair-U (unseen keypoints)")
+            return out
         if self.split in lists or self.pairs_file is not None:
             from corrbench.download import sha256_file
 
@@ -327,6 +353,14 @@ class SPairDataset(Dataset):
         else:
             out["pair_list"] = f"Layout/{self.layout}/{self.split}.txt"
         return out
+
+    def mirror_partners(self, category: str) -> dict[str, str]:
+        """SPair's left/right slot partners (spair_mirror.py); none for SPair-U's new, unnamed points."""
+        if self.split == "spair-u":
+            return {}
+        from .spair_mirror import spair_partners
+
+        return spair_partners(category)
 
     def info(self) -> dict[str, Any]:
         out = super().info()

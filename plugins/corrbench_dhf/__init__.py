@@ -2,7 +2,8 @@
 
 Methods (lazy, so listing imports neither torch nor diffusers): ``dhf``, ``dhf-one-step``, ``dhf-sd21``,
 ``sd-layer-pruned``, ``dhf-pruned``. Table: ``dhf-table`` (``corrbench reproduce dhf-table``, :mod:`.table`).
-Commands: ``corrbench train dhf``, ``corrbench plot mixing-weights|matches`` and ``corrbench generate``.
+Commands: ``corrbench train dhf``, ``corrbench plot mixing-weights`` and ``corrbench generate``. Report figure:
+``mixing-weights`` (the heat map of a DHF method's checkpoint, in ``corrbench report --html``).
 """
 
 import corrbench
@@ -27,6 +28,12 @@ def register_tables(register):
     register("dhf-table", "corrbench_dhf.table:DHF_TABLE",
              description="Diffusion Hyperfeatures (Luo et al., NeurIPS 2023), main comparison table: nine rows, "
                          "SPair-71k test-360 and CUB")
+
+
+@corrbench.hookimpl
+def register_plots(register):
+    register("mixing-weights", "corrbench_dhf.plots:report_mixing_weights",
+             description="DHF: softmax mixing weights of the aggregation network, timesteps x layers")
 
 
 @corrbench.hookimpl

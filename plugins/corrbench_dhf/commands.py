@@ -1,4 +1,4 @@
-"""Click commands of the DHF plugin: ``train dhf``, ``plot mixing-weights``, ``plot matches``, ``generate``.
+"""Click commands of the DHF plugin: ``train dhf``, ``plot mixing-weights``, ``generate``.
 
 Heavy imports happen inside the commands, so ``corrbench --help`` stays fast. ``train`` and ``plot``
 are groups; when the core (or another plugin) already defines a group of that name, the subcommands
@@ -33,8 +33,7 @@ def _group(cli: click.Group, name: str, help_text: str) -> click.Group:
 def add_commands(cli: click.Group) -> None:
     _group(cli, "train", "Train the trainable parts of methods.").add_command(train_dhf)
     plot = _group(cli, "plot", "Draw pictures of checkpoints and runs.")
-    plot.add_command(plot_mixing_weights)
-    plot.add_command(plot_matches)
+    plot.add_command(plot_mixing_weights)  # `plot matches` is the core's (corrbench.plots)
     if "generate" not in cli.commands:
         cli.add_command(generate_cmd)
 
@@ -267,29 +266,6 @@ def plot_mixing_weights(checkpoint: Path, out_file: Path, title: str | None) -> 
     r, c = info["argmax"]
     click.echo(f"wrote {info['file']}: largest weight {info['matrix'][r, c]:.4f} at {info['rows'][r]}, "
                f"layer {c + 1}")
-
-
-@click.command("matches")
-@click.option("--run", "run_dir", type=click.Path(path_type=Path), required=True, help="A corrbench run folder.")
-@click.option("--pair", "pair_id", required=True, help="Pair id (as in predictions.jsonl).")
-@click.option("--method", default=None, help="Method, when the run has several.")
-@click.option("--out", "out_file", type=click.Path(path_type=Path), default=None,
-              help="Output image (default RUN/matches-<method>-<pair>.png).")
-@click.option("--alpha", type=float, default=0.1, show_default=True)
-@click.option("--norm", type=click.Choice(["bbox", "img"]), default="bbox", show_default=True)
-def plot_matches(run_dir: Path, pair_id: str, method: str | None, out_file: Path | None, alpha: float,
-                 norm: str) -> None:
-    """Source and target with ground-truth and predicted keypoints, coloured by correctness."""
-    from .plots import load_predictions
-    from .plots import plot_matches as draw
-
-    if out_file is None:
-        row, _ = load_predictions(run_dir, pair_id, method)
-        safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in f"{row['method']}-{pair_id}")
-        out_file = Path(run_dir) / f"matches-{safe}.png"
-    info = draw(run_dir, pair_id, out_file, method=method, alpha=alpha, norm=norm)
-    click.echo(f"wrote {info['file']}: {sum(info['correct'])}/{len(info['correct'])} correct at "
-               f"PCK@{alpha:g} ({norm})")
 
 
 # -- generate ------------------------------------------------------------------------------------------------

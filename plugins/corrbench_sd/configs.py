@@ -14,6 +14,8 @@ from typing import Any
 
 SD15 = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 SD21 = "stabilityai/stable-diffusion-2-1-base"
+#: The 768 px v-prediction SD-2.1 that DIFT uses: SD-2.1-base's architecture with 96 × 96 latents.
+SD21_V = "stabilityai/stable-diffusion-2-1"
 #: The removed original id of SD-1.5, still found in old configs (docs/protocol.md#p8-diffusers-api-drift).
 SD15_LEGACY = "runwayml/stable-diffusion-v1-5"
 
@@ -92,6 +94,7 @@ ARCHITECTURES: dict[str, dict[str, dict[str, Any]]] = {
     },
 }
 ARCHITECTURES[SD15_LEGACY] = ARCHITECTURES[SD15]
+ARCHITECTURES[SD21_V] = {**ARCHITECTURES[SD21], "unet": {**ARCHITECTURES[SD21]["unet"], "sample_size": 96}}
 
 
 def architecture(model_id: str) -> dict[str, dict[str, Any]] | None:

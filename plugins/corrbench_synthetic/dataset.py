@@ -79,6 +79,19 @@ class SyntheticDataset(Dataset):
     def iter_pairs(self) -> Iterator[Pair]:
         yield from iter_spair_pairs(self.layout_root, self.split, categories=self._categories(), invalid=self.invalid)
 
+    def mirror_partners(self, category: str) -> dict[str, str]:
+        """Ids whose names differ only by left_/right_ (shapes.KEYPOINTS; ids are positions in that list)."""
+        from .shapes import KEYPOINTS
+
+        names = KEYPOINTS.get(category, [])
+        by_name = {n: i for i, n in enumerate(names)}
+        out = {}
+        for i, n in enumerate(names):
+            for side, other in (("left_", "right_"), ("right_", "left_")):
+                if n.startswith(side) and other + n[len(side):] in by_name:
+                    out[str(i)] = str(by_name[other + n[len(side):]])
+        return out
+
     def protocol(self) -> dict:
         return {"generator_version": GENERATOR_VERSION, "seed": int(self.config["seed"]),
                 "layout": "SPair-71k", "pairs": "all ordered pairs of a category's split images"}

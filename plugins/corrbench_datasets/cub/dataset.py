@@ -14,6 +14,10 @@ from .annotations import CUB_URL, EXPECTED, PROTOCOL_RULE, PROTOCOL_VERSION, REQ
 from .crops import CROP_MODES, CROP_RULE, CROP_SIZE, CROP_VERSION, CropResult, crop_folder_name, ensure_cropped
 from .pairs import ensure_pair_list
 
+# the 15 part names of parts/parts.txt, by 1-based part id (used when the file is not there)
+CUB_PART_NAMES = ("back", "beak", "belly", "breast", "crown", "forehead", "left eye", "left leg", "left wing",
+                  "nape", "right eye", "right leg", "right wing", "tail", "throat")
+
 
 class CUBDataset(Dataset):
     """CUB-200-2011 bird parts: a frozen, seeded list of same-class pairs (default 360 test pairs)."""
@@ -146,6 +150,20 @@ class CUBDataset(Dataset):
         if self._list is not None and self._list.is_file():
             out["pair_list_sha256"] = sha256_file(self._list)
         return out
+
+    def mirror_partners(self, category: str) -> dict[str, str]:
+        """left/right eye, leg and wing (1-based part ids, the same for every class), from parts/parts.txt."""
+        from .._mirror import partners_from_names
+        from .annotations import read_id_text
+
+        names = {str(k): v for k, v in enumerate(CUB_PART_NAMES, start=1)}
+        path = self.root / "parts" / "parts.txt"
+        if path.is_file():
+            try:
+                names = {str(k): v for k, v in read_id_text(path).items()}
+            except DataError:
+                pass  # the standard names; a broken parts.txt is reported where the parts are read
+        return partners_from_names(names)
 
     def info(self) -> dict[str, Any]:
         out = super().info()
