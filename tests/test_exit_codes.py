@@ -191,7 +191,10 @@ def test_sigint_exits_130_and_leaves_no_partial_files(home):
     # every test pair, one image per batch: extraction and readout last far longer than the poll below
     proc = subprocess.Popen([*SCRIPT, "run", "--methods", "dsift", "--batch-size", "1", "--cache-dir", str(cache),
                              "--out", str(out)], cwd=base / "cwd", env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            # a CI started in the background inherits SIGINT ignored, and Python then keeps
+                            # ignoring it: give the child the default disposition a terminal user has
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         while proc.poll() is None and not any(cache.rglob("*.safetensors")):
             time.sleep(0.05)  # polls for the first cached feature map: the run is then part-way through
