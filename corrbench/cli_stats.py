@@ -11,29 +11,18 @@ import click
 from .errors import CorrbenchError, UsageError
 
 
-def read_predictions(run_dir: Path, method: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+def method_predictions(run_dir: Path, method: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """One method's predictions.jsonl rows and the run's results.json (one-line errors naming the file)."""
+    from .plots import read_predictions
     from .results import load_run
 
     results, _ = load_run(run_dir)
     if method not in results.get("methods", {}):
         raise UsageError(f"{run_dir}: no method {method!r} in this run; methods: "
                          f"{', '.join(results.get('methods', {})) or '(none)'}")
-    path = Path(run_dir) / "predictions.jsonl"
-    rows = []
-    try:
-        with path.open(encoding="utf-8") as f:
-            for n, line in enumerate(f, 1):
-                if line.strip():
-                    row = json.loads(line)
-                    if row.get("method") == method:
-                        rows.append(row)
-    except FileNotFoundError:
-        raise CorrbenchError(f"{path} is missing: the paired test needs the run's per-pair predictions") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CorrbenchError(f"{path}: line {n} is not JSON ({exc})") from exc
+    rows = [r for r in read_predictions(run_dir) if r.get("method") == method]
     if not rows:
-        raise CorrbenchError(f"{path}: no predictions of method {method!r}")
+        raise CorrbenchError(f"{Path(run_dir) / 'predictions.jsonl'}: no predictions of method {method!r}")
     return rows, results
 
 
@@ -69,8 +58,8 @@ def paired(runs, method_a, method_b, alpha, norm, average, resamples, seed, allo
     run_a, run_b = runs[0], runs[-1]
     if run_a == run_b and method_a == method_b:
         raise UsageError("-a and -b name the same method of the same run")
-    rows_a, res_a = read_predictions(run_a, method_a)
-    rows_b, res_b = read_predictions(run_b, method_b)
+    rows_a, res_a = method_predictions(run_a, method_a)
+    rows_b, res_b = method_predictions(run_b, method_b)
     pa, pb = protocol_label(res_a.get("protocol")), protocol_label(res_b.get("protocol"))
     if pa != pb and not allow_mixed:
         raise UsageError(f"{run_a} was measured under protocol {pa!r}, {run_b} under {pb!r}; "

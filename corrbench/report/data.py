@@ -16,10 +16,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..errors import DataError, UsageError
+from ..errors import DataError
+from ..results import load_run
 
-#: the columns every summary.csv has (corrbench.results.SUMMARY_COLUMNS; later columns such as ci_low are optional)
-SUMMARY_COLUMNS = ["method", "dataset", "split", "metric", "norm", "average", "alpha", "value", "n"]
 DEFAULT_HEADLINE = {"metric": "pck@0.10_bbox", "average": "point"}
 _KEY = re.compile(r"pck@(?P<alpha>[0-9.]+)_(?P<norm>bbox|img)$")
 
@@ -87,34 +86,10 @@ class RunData:
         return [r for r in self.predictions if r.get("method") == method]
 
 
-def _read_run(path: Path) -> tuple[dict[str, Any], pd.DataFrame]:
-    """results.json and summary.csv, checked as ``corrbench.results.load_run`` checks them.
-
-    Read here rather than through ``corrbench.results``, whose writers import torch: seconds of start-up
-    for every ``report``/``leaderboard`` call that never touches a tensor.
-    """
-    import json
-
-    results_path, summary_path = path / "results.json", path / "summary.csv"
-    if not results_path.is_file() or not summary_path.is_file():
-        raise UsageError(f"{path} is not a finished corrbench run (results.json and summary.csv are needed)")
-    try:
-        results = json.loads(results_path.read_text())
-        summary = pd.read_csv(summary_path)
-    except (json.JSONDecodeError, pd.errors.ParserError, UnicodeDecodeError) as exc:
-        raise DataError(f"{path}: cannot read results: {exc}") from exc
-    if not isinstance(results, dict) or not isinstance(results.get("methods", {}), dict):
-        raise DataError(f"{results_path}: not a corrbench results file (expected an object with a 'methods' object)")
-    missing = set(SUMMARY_COLUMNS) - set(summary.columns)
-    if missing:
-        raise DataError(f"{summary_path}: missing columns {', '.join(sorted(missing))}")
-    return results, summary
-
-
 def load(run_dir: str | Path) -> RunData:
     """A finished run folder (results.json + summary.csv required; breakdown and predictions optional)."""
     path = Path(run_dir)
-    results, summary = _read_run(path)
+    results, summary = load_run(path)  # corrbench.results imports no torch: report start-up stays quick
     breakdown = None
     if (path / "breakdown.csv").is_file():
         try:
