@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from .errors import CorrbenchError, UsageError
+from .errors import CorrbenchError, UsageError, describe_os_error
 
 DEFAULT_METHODS = "dsift,colour-patch"
 DEFAULT_DATASET = "synthetic"
@@ -356,7 +356,8 @@ def invoke(command: click.Command, argv: list[str] | None = None, prog: str = "c
     Click runs with ``standalone_mode=False`` so that corrbench's own errors print as one line; in
     that mode click *returns* a command's ``ctx.exit(n)`` status instead of exiting, so it is
     returned here rather than dropped (a failed ``compare`` once exited 0 that way). Statuses:
-    0 success, 1 a failed check or a data/weights problem, 2 a usage error, 130 interrupted.
+    0 success, 1 a failed check, a data/weights problem or a full or unwritable disk, 2 a usage error,
+    130 interrupted.
     """
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args
@@ -382,6 +383,11 @@ def invoke(command: click.Command, argv: list[str] | None = None, prog: str = "c
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)
         return 130
+    except OSError as exc:  # a full disk, a read-only folder: the machine, not a bug; nothing is half-written
+        if debug:
+            raise
+        click.echo(f"error: {describe_os_error(exc)}", err=True)
+        return 1
     return rc if isinstance(rc, int) else 0
 
 

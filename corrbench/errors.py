@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+
 
 class CorrbenchError(Exception):
     """A user-facing error: bad input, missing data or weights, unknown names."""
@@ -60,3 +62,22 @@ class WeightsError(CorrbenchError):
 
 class DescriptorOutputError(CorrbenchError):
     """A descriptor returned something that breaks the contract (shape, dtype, NaN)."""
+
+
+_OS_ERROR_HINTS = {
+    errno.ENOSPC: "free space there, or point --cache-dir / --out at another disk",
+    errno.EDQUOT: "free space there, or point --cache-dir / --out at another disk",
+    errno.EFBIG: "the file-size limit (ulimit -f) is too small for the feature cache",
+    errno.EROFS: "choose a writable folder",
+    errno.EACCES: "check the folder's permissions, or choose another",
+    errno.EPERM: "check the folder's permissions, or choose another",
+}
+
+
+def describe_os_error(exc: OSError) -> str:
+    """One line for a failure of the machine rather than of the input: a full disk, a read-only or
+    forbidden folder. Names the file and says what to do where there is something to do."""
+    what = exc.strerror or str(exc)
+    where = f": {exc.filename}" if exc.filename else ""
+    hint = _OS_ERROR_HINTS.get(exc.errno)
+    return f"{what}{where}" + (f" ({hint})" if hint else "")

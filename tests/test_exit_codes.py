@@ -1,8 +1,8 @@
 """Exit statuses of every command, as the shell sees them from the installed console script.
 
-0 success, 1 a failed check or a data/weights problem, 2 a usage error, 130 interrupted. Each case runs
-``corrbench`` (the script pip installed beside this Python) or ``python -m corrbench`` in a subprocess,
-in a scratch folder, with the dataset and feature cache in temp folders and no network.
+0 success, 1 a failed check, a data/weights problem or a refused write, 2 a usage error, 130 interrupted.
+Each case runs ``corrbench`` (the script pip installed beside this Python) or ``python -m corrbench`` in a
+subprocess, in a scratch folder, with the dataset and feature cache in temp folders and no network.
 """
 
 from __future__ import annotations
@@ -210,3 +210,27 @@ def test_sigint_exits_130_and_leaves_no_partial_files(home):
     assert not (out / "results.json").exists()
     leftovers = [p for folder in (cache, out) if folder.exists() for p in folder.rglob("*") if p.name.endswith(".tmp")]
     assert not leftovers
+
+
+# ---------------------------------------------------------------------------------------------
+# A write the machine refuses (a full disk, a file-size limit): status 1, one line, nothing half-written
+# ---------------------------------------------------------------------------------------------
+def _limit_file_size():
+    import resource
+
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit then fails with EFBIG, as on a full disk
+    resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))
+
+
+def test_a_refused_write_is_one_line_status_1_and_leaves_no_partial_files(home):
+    base, env = home
+    cache, out = base / "fsize-cache", base / "fsize-out"
+    proc = subprocess.run([*SCRIPT, "run", "--methods", "dsift", "--limit", "4", "--cache-dir", str(cache),
+                           "--out", str(out)], cwd=base / "cwd", env=env, capture_output=True, text=True,
+                          timeout=900, preexec_fn=_limit_file_size)
+    assert proc.returncode == 1, (proc.returncode, proc.stderr)
+    assert "Traceback" not in proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: File too large: ") and str(cache) in last and "ulimit -f" in last, last
+    assert not (out / "results.json").exists()
+    assert not [p for p in cache.rglob("*") if p.name.endswith((".tmp", ".safetensors"))]
