@@ -77,9 +77,11 @@ def cli(ctx: click.Context, debug: bool) -> None:
               help="Average each method's features with those of the mirrored image (default: the protocol's).")
 @click.option("--resamples", type=int, default=1000, show_default=True,
               help="Bootstrap resamples behind the 95 % confidence intervals.")
+@click.option("--report/--no-report", "html_report", default=True, show_default=True, envvar="CORRBENCH_REPORT",
+              show_envvar=True, help="Write the run's HTML report, RUN/report.html (docs/reports.md).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars or status lines; only the table and errors.")
 def run(methods, dataset, split, data_root, limit, sample, seed, alphas, device, batch_size, out_dir, overrides,
-        cache_dir, no_cache, skip_invalid, compare, readout, protocol, flip, resamples, quiet) -> None:
+        cache_dir, no_cache, skip_invalid, compare, readout, protocol, flip, resamples, html_report, quiet) -> None:
     """Evaluate METHODS on a dataset and write a results folder."""
     from .runner import run_benchmark
 
@@ -104,8 +106,24 @@ def run(methods, dataset, split, data_root, limit, sample, seed, alphas, device,
                + f"  (protocol {proto['name']}{changed}: PCK@0.1 in %, {average}; 95 % bootstrap CI)")
     _echo_table(result.table)
     click.echo(f"results: {result.out_dir}")
-    if not quiet:
-        click.echo(f"report: corrbench report {result.out_dir} --html {Path(result.out_dir) / 'report.html'}", err=True)
+    html_file = Path(result.out_dir) / "report.html"
+    if html_report:
+        _write_run_report(Path(result.out_dir), html_file, progress=not quiet)
+        click.echo(f"report: {html_file}")
+    elif not quiet:
+        click.echo(f"report: corrbench report {result.out_dir} --html {html_file}", err=True)
+
+
+def _write_run_report(run_dir: Path, html_file: Path, progress: bool) -> None:
+    """The run's own report, after its results are safely on disk: a failure here says that they are."""
+    from .report import write_report
+
+    try:
+        write_report([run_dir], html_file, progress=progress)
+    except (CorrbenchError, OSError) as exc:
+        why = describe_os_error(exc) if isinstance(exc, OSError) else str(exc)
+        raise CorrbenchError(f"the results are complete in {run_dir}, but its report was not written: {why} "
+                             f"(retry with `corrbench report {run_dir} --html {html_file}`)") from exc
 
 
 @cli.command("list")

@@ -3,12 +3,14 @@
 ``tempfile.mkstemp``/``mkdtemp`` create 0600/0700 entries whatever the umask. Renamed into place as
 they are, results, cache entries and datasets in a shared folder would be unreadable to the rest of
 the group, so every temporary file or folder that is renamed into place goes through
-:func:`apply_umask` first.
+:func:`apply_umask` first. :func:`atomic_write_bytes` is the one way a file is written in place (no torch
+import here: reading and reporting on runs need none).
 """
 
 from __future__ import annotations
 
 import os
+import tempfile
 import threading
 from pathlib import Path
 
@@ -55,4 +57,26 @@ def check_writable_dir(folder: str | os.PathLike, what: str, error: type[Corrben
         raise error(f"{where} is not a writable folder")
 
 
-__all__ = ["apply_umask", "check_writable_dir", "current_umask"]
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` whole or not at all (temp file, fsync, rename), with umask modes; a refused
+    write removes its temp file and raises an ``OSError`` that names ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            os.chmod(tmp, 0o666 & ~current_umask())  # not mkstemp's 0600: a shared cache must stay readable
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        if exc.filename is None:  # a failed write() names no file: name the one that was being written
+            raise OSError(exc.errno, exc.strerror, str(path)) from exc
+        raise
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+__all__ = ["apply_umask", "atomic_write_bytes", "check_writable_dir", "current_umask"]

@@ -399,7 +399,7 @@ def main(update: bool = False, baseline: str | os.PathLike | None = None, tolera
          out_dir: str | os.PathLike | None = None, data_root: str | os.PathLike | None = None,
          echo: Callable[[str], None] = print) -> bool:
     """Run the lane; check it (True when it passes) or, with ``update``, rewrite the baseline."""
-    from .cache import atomic_write_bytes
+    from .fsmode import atomic_write_bytes
 
     path = Path(baseline) if baseline else default_baseline()
     tol = TOLERANCE if tolerance is None else float(tolerance)

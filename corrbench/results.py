@@ -25,7 +25,7 @@ HEADLINE_ALPHA = 0.10
 
 
 def write_json(path: Path, obj: Any) -> None:
-    from .cache import atomic_write_bytes  # imported here: reading a run (report, leaderboard) needs no torch
+    from .fsmode import atomic_write_bytes
 
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n").encode())
 
@@ -41,14 +41,14 @@ def _json_default(o: Any) -> Any:
 
 
 def write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> None:
-    from .cache import atomic_write_bytes
+    from .fsmode import atomic_write_bytes
 
     text = "".join(json.dumps(r, default=_json_default) + "\n" for r in rows)
     atomic_write_bytes(path, text.encode())
 
 
 def write_csv(path: Path, frame: pd.DataFrame) -> None:
-    from .cache import atomic_write_bytes
+    from .fsmode import atomic_write_bytes
 
     atomic_write_bytes(path, frame.to_csv(index=False, float_format="%.4f").encode())
 
@@ -224,7 +224,7 @@ def assemble_results(dataset: dict[str, Any], methods: dict[str, Any], *, alphas
 def write_run_folder(out: Path, results: dict[str, Any], summary: pd.DataFrame, breakdown: pd.DataFrame,
                      table: pd.DataFrame, predictions: Iterable[dict[str, Any]]) -> None:
     """Every file of a run folder, each atomically; results.json last, so its presence marks a complete run."""
-    from .cache import atomic_write_bytes
+    from .fsmode import atomic_write_bytes
 
     try:
         out.mkdir(parents=True, exist_ok=True)

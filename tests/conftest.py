@@ -22,6 +22,9 @@ def pytest_configure(config):
     os.environ.setdefault("TQDM_DISABLE", "1")
     os.environ["HF_HUB_OFFLINE"] = "1"
     os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    # `corrbench run` writes its HTML report by default (about a second each); the tests of that default
+    # (tests/test_report.py) remove this from their commands' environment
+    os.environ["CORRBENCH_REPORT"] = "0"
 
 
 @pytest.hookimpl(wrapper=True)

@@ -23,19 +23,29 @@ THREADS = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
 SECTIONS = ("headline", "curves", "categories", "difficulty", "cost", "galleries", "plugin-figures", "settings")
 
 
-def corrbench(*args, check=True, cwd=None) -> subprocess.CompletedProcess:
+def corrbench(*args, check=True, cwd=None, env=None) -> subprocess.CompletedProcess:
+    """Run the CLI; ``env`` adds variables, and a variable given as None is removed."""
+    full = {**os.environ, **THREADS, **(env or {})}
     res = subprocess.run([sys.executable, "-m", "corrbench", *map(str, args)], capture_output=True, text=True,
-                         env={**os.environ, **THREADS}, timeout=300, cwd=cwd)
+                         env={k: v for k, v in full.items() if v is not None}, timeout=300, cwd=cwd)
     if check:
         assert res.returncode == 0, res.stderr[-3000:]
     return res
 
 
+#: as a user runs it: conftest turns the run's own report off for every other test
+USER_DEFAULT = {"CORRBENCH_REPORT": None}
+
+
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory, request):
+def run_proc(tmp_path_factory):
     out = tmp_path_factory.mktemp("report") / "run"
-    corrbench("run", "--limit", 12, "--out", out, "-q")
-    return out
+    return out, corrbench("run", "--limit", 12, "--out", out, "-q", env=USER_DEFAULT)
+
+
+@pytest.fixture(scope="module")
+def run_dir(run_proc):
+    return run_proc[0]
 
 
 @pytest.fixture(scope="module")
@@ -236,6 +246,45 @@ def test_difficulty_and_settings_come_from_the_run(run_dir, report):
     results = json.loads((run_dir / "results.json").read_text())
     assert results["dataset"]["name"] in report and str(results["git_hash"] or "–") in report
     assert '&#34;bin_size&#34;' in report or '&quot;bin_size&quot;' in report  # dsift's config, escaped JSON
+
+
+def test_a_run_writes_its_own_report_and_says_where(run_proc, report):
+    """The default run ends with its report in the run folder: the page `corrbench report --html` draws
+    (whose numbers the tests above check against independent recomputations), byte for byte."""
+    run_dir, proc = run_proc
+    page = run_dir / "report.html"
+    assert proc.stdout.strip().splitlines()[-2:] == [f"results: {run_dir}", f"report: {page}"]
+    assert page.read_text() == report
+    assert not list(run_dir.glob(".*.tmp"))
+
+
+@pytest.mark.parametrize("how", ["flag", "env"])
+def test_no_report_writes_none_and_says_how_to_make_one(run_dir, tmp_path, how):
+    out = tmp_path / "run"
+    args, env = (["--no-report"], USER_DEFAULT) if how == "flag" else ([], {"CORRBENCH_REPORT": "0"})
+    proc = corrbench("run", "--limit", 2, "-m", "dsift", "--out", out, *args, env=env)
+    assert (out / "results.json").is_file() and not (out / "report.html").exists()
+    assert f"report: corrbench report {out} --html {out / 'report.html'}" in proc.stderr
+    assert "report:" not in proc.stdout
+
+
+def test_a_bad_report_setting_is_a_usage_error(tmp_path):
+    proc = corrbench("run", "--limit", 2, "-m", "dsift", "--out", tmp_path / "run", check=False,
+                     env={"CORRBENCH_REPORT": "sometimes"})
+    assert proc.returncode == 2 and "sometimes" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_report_that_cannot_be_written_keeps_the_results_and_says_so(tmp_path):
+    out = tmp_path / "run"
+    (out / "report.html").mkdir(parents=True)  # a folder where the page should go: the rename is refused
+    proc = corrbench("run", "--limit", 2, "-m", "dsift", "--out", out, "-q", check=False, env=USER_DEFAULT)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    (line,) = proc.stderr.strip().splitlines()
+    assert line.startswith(f"error: the results are complete in {out}, but its report was not written: ")
+    assert f"corrbench report {out} --html {out / 'report.html'}" in line
+    assert json.loads((out / "results.json").read_text())["methods"]["dsift"]
+    assert (out / "report.html").is_dir() and not list(out.glob(".*.tmp"))
 
 
 def test_report_text_output_is_kept_and_takes_several_runs(run_dir):

@@ -7,7 +7,8 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable
 
-from ..errors import CorrbenchError, UsageError
+from ..errors import CorrbenchError, UsageError, describe_os_error
+from ..fsmode import atomic_write_bytes
 from . import data
 
 TEMPLATE = "template.html.j2"
@@ -113,9 +114,8 @@ def write_report(run_dirs: list[Path], out_file: Path, progress: bool = True) ->
         warnings.warn(w, stacklevel=2)
     html = env.get_template(TEMPLATE).render(**context)
     out = Path(out_file)
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(html, encoding="utf-8")
+    try:  # atomic: an interrupted or refused write leaves the previous report (or none), never half a page
+        atomic_write_bytes(out, html.encode("utf-8"))
     except OSError as exc:
-        raise CorrbenchError(f"cannot write the report to {out}: {exc.strerror or exc}") from exc
+        raise CorrbenchError(f"cannot write the report: {describe_os_error(exc)}") from exc
     return context

@@ -151,7 +151,7 @@ class Outcome:
                 "dataset_failures": {f"{m}/{d}": v for (m, d), v in self.dataset_failures.items()}}
 
     def write(self, out_dir: Path) -> None:
-        from ..cache import atomic_write_bytes
+        from ..fsmode import atomic_write_bytes
 
         out_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(out_dir / "table.md", self.markdown().encode())

@@ -134,7 +134,7 @@ def table_names() -> list[str]:
 
 def write_paper_baseline(table: str | TableSpec, path: str | os.PathLike | None = None) -> Path:
     """(Re)write ``benchmarks/baselines/<baseline>.json`` from a registered table."""
-    from ..cache import atomic_write_bytes
+    from ..fsmode import atomic_write_bytes
 
     table = get_table(table)
     target = Path(path) if path else default_baseline_path(table.baseline_name)

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from corrbench.cache import atomic_write_bytes  # noqa: F401  (re-exported for the dataset modules)
+from corrbench.fsmode import atomic_write_bytes  # noqa: F401  (re-exported for the dataset modules)
 from corrbench.download import fetch, install_archive, sha256_file
 
 
