@@ -120,9 +120,8 @@ def _write_run_report(run_dir: Path, html_file: Path, progress: bool) -> None:
 
     try:
         write_report([run_dir], html_file, progress=progress)
-    except (CorrbenchError, OSError) as exc:
-        why = describe_os_error(exc) if isinstance(exc, OSError) else str(exc)
-        raise CorrbenchError(f"the results are complete in {run_dir}, but its report was not written: {why} "
+    except CorrbenchError as exc:  # write_report turns a refused write into one, naming the file
+        raise CorrbenchError(f"the results are complete in {run_dir}, but its report was not written: {exc} "
                              f"(retry with `corrbench report {run_dir} --html {html_file}`)") from exc
 
 

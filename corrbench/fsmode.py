@@ -3,8 +3,8 @@
 ``tempfile.mkstemp``/``mkdtemp`` create 0600/0700 entries whatever the umask. Renamed into place as
 they are, results, cache entries and datasets in a shared folder would be unreadable to the rest of
 the group, so every temporary file or folder that is renamed into place goes through
-:func:`apply_umask` first. :func:`atomic_write_bytes` is the one way a file is written in place (no torch
-import here: reading and reporting on runs need none).
+:func:`apply_umask` first. :func:`atomic_write_bytes` writes a file whole or not at all; it lives here, free of
+torch, so that reading and reporting on runs import none.
 """
 
 from __future__ import annotations

@@ -17,6 +17,7 @@ from typing import Any, Iterable
 import pandas as pd
 
 from .errors import CorrbenchError, UsageError
+from .fsmode import atomic_write_bytes
 
 SUMMARY_COLUMNS = ["method", "dataset", "split", "metric", "norm", "average", "alpha", "value", "n"]
 #: summary.csv's bootstrap 95 % interval columns (empty where no interval is defined)
@@ -25,8 +26,6 @@ HEADLINE_ALPHA = 0.10
 
 
 def write_json(path: Path, obj: Any) -> None:
-    from .fsmode import atomic_write_bytes
-
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n").encode())
 
 
@@ -41,15 +40,11 @@ def _json_default(o: Any) -> Any:
 
 
 def write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> None:
-    from .fsmode import atomic_write_bytes
-
     text = "".join(json.dumps(r, default=_json_default) + "\n" for r in rows)
     atomic_write_bytes(path, text.encode())
 
 
 def write_csv(path: Path, frame: pd.DataFrame) -> None:
-    from .fsmode import atomic_write_bytes
-
     atomic_write_bytes(path, frame.to_csv(index=False, float_format="%.4f").encode())
 
 
@@ -224,8 +219,6 @@ def assemble_results(dataset: dict[str, Any], methods: dict[str, Any], *, alphas
 def write_run_folder(out: Path, results: dict[str, Any], summary: pd.DataFrame, breakdown: pd.DataFrame,
                      table: pd.DataFrame, predictions: Iterable[dict[str, Any]]) -> None:
     """Every file of a run folder, each atomically; results.json last, so its presence marks a complete run."""
-    from .fsmode import atomic_write_bytes
-
     try:
         out.mkdir(parents=True, exist_ok=True)
         write_jsonl(out / "predictions.jsonl", predictions)
